@@ -1,0 +1,6 @@
+"""fastdrop: fused, mask-free dropout kernels for PyTorch on CPU and CUDA."""
+
+from . import _ops, functional, nn  # noqa: F401  (_ops registers fake kernels and autograd)
+
+__version__ = "0.1.0"
+__all__ = ["functional", "nn"]

@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fastdrop  # noqa: E402,F401
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=FLOAT_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def dtype(request):
+    return request.param
+
+
+def assert_identical(actual, expected):
+    """Bit-for-bit agreement of values (NaN where NaN), dtype, shape and device."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
