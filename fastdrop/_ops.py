@@ -34,9 +34,13 @@ def _dropout_backward_fake(grad, rng_state, p):
 def _save_rng_state_and_p(ctx, inputs, output):
     ctx.p = inputs[1]
     ctx.save_for_backward(output[1])
+    # rng_state (an integer output) never has a gradient: do not build zeros for it.
+    ctx.set_materialize_grads(False)
 
 
 def _dropout_grad(ctx, grad_output, _grad_rng_state):
+    if grad_output is None:
+        return None, None, None
     (rng_state,) = ctx.saved_tensors
     return ops.dropout_backward(grad_output, rng_state, ctx.p), None, None
 

@@ -51,7 +51,7 @@ __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t colu
   constexpr int kLanes = 16, kStep = kLanes * kVectorsInFlight;
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
-  const __mmask16 odd = 0xAAAA;
+  const __mmask16 odd_lanes = 0xAAAA, even_lanes = 0x5555;
   int64_t k = 0;
   for (; k + kStep <= num_blocks; k += kStep) {
     alignas(64) uint32_t lo[kStep], hi[kStep];
@@ -67,12 +67,14 @@ __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t colu
     for (int round = 0; round < kPhiloxRounds; ++round) {
       const __m512i k0 = _mm512_set1_epi32(static_cast<int>(key0)), k1 = _mm512_set1_epi32(static_cast<int>(key1));
       for (int v = 0; v < kVectorsInFlight; ++v) {
-        // High halves: 64-bit products of the even lanes and of the odd lanes shifted down.
-        const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(_mm512_mul_epu32(c0[v], m0), 32),
-                                                    _mm512_mul_epu32(_mm512_srli_epi64(c0[v], 32), m0));
-        const __m512i hi1 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(_mm512_mul_epu32(c2[v], m1), 32),
-                                                    _mm512_mul_epu32(_mm512_srli_epi64(c2[v], 32), m1));
-        const __m512i lo0 = _mm512_mullo_epi32(c0[v], m0), lo1 = _mm512_mullo_epi32(c2[v], m1);
+        // 64-bit products of the even lanes and of the odd lanes (shifted down);
+        // masked dword swaps gather their high and low halves.
+        const __m512i even0 = _mm512_mul_epu32(c0[v], m0), odd0 = _mm512_mul_epu32(_mm512_srli_epi64(c0[v], 32), m0);
+        const __m512i even1 = _mm512_mul_epu32(c2[v], m1), odd1 = _mm512_mul_epu32(_mm512_srli_epi64(c2[v], 32), m1);
+        const __m512i hi0 = _mm512_mask_shuffle_epi32(odd0, even_lanes, even0, _MM_PERM_CDAB);
+        const __m512i lo0 = _mm512_mask_shuffle_epi32(even0, odd_lanes, odd0, _MM_PERM_CDAB);
+        const __m512i hi1 = _mm512_mask_shuffle_epi32(odd1, even_lanes, even1, _MM_PERM_CDAB);
+        const __m512i lo1 = _mm512_mask_shuffle_epi32(even1, odd_lanes, odd1, _MM_PERM_CDAB);
         c0[v] = _mm512_ternarylogic_epi32(hi1, c1[v], k0, 0x96);  // three-way xor
         c2[v] = _mm512_ternarylogic_epi32(hi0, c3[v], k1, 0x96);
         c1[v] = lo1;

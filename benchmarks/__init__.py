@@ -1,0 +1,1 @@
+"""fastdrop's benchmarks against torch's native ops (run: python -m fastdrop.bench)."""
