@@ -1,25 +1,117 @@
-// Per-element formulas shared by the CPU and CUDA kernels, so both round the
-// same way: arithmetic in the op-math type (float for half types), one
-// rounding back to the element type, exactly as torch's fused kernels do.
+// Per-element formulas shared by the CPU and CUDA kernels, so that both round
+// the same way, and the host-side constants of every dropout variant, each
+// computed the way torch computes it, so that results match torch's bit for bit.
 #pragma once
 
 #include <ATen/OpMathType.h>
+
+#include <cmath>
 
 #include "philox.h"
 
 namespace fastdrop {
 
-// x * (kept ? scale : 0): dropped inf and NaN give NaN, as torch's x * mask * scale does.
-template <typename scalar_t>
-FASTDROP_HOST_DEVICE scalar_t masked_scale(scalar_t x, bool kept, at::opmath_type<scalar_t> scale) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  return static_cast<scalar_t>(static_cast<opmath_t>(x) * (kept ? scale : opmath_t(0)));
+// Products and sums rounded on their own: never contracted into a fused
+// multiply-add, which would round differently from torch's separate ops.
+template <typename T>
+FASTDROP_HOST_DEVICE T mul_rounded(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == sizeof(double)) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#else
+  return a * b;  // host code is built with -ffp-contract=off
+#endif
 }
 
-// The factor kept elements are multiplied by, computed as torch does: 1 / (1 - p) in double.
+template <typename T>
+FASTDROP_HOST_DEVICE T add_rounded(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == sizeof(double)) {
+    return __dadd_rn(a, b);
+  } else {
+    return __fadd_rn(a, b);
+  }
+#else
+  return a + b;
+#endif
+}
+
+// What a variant does to a kept and to a dropped element:
+//   kept:    x * keep_mul (+ keep_add)
+//   dropped: x * 0       (+ drop_add)
+// The additive part exists for alpha dropout only (kAffine). Like torch's
+// x * noise (+ b), the product is rounded to the element type before the add,
+// and a dropped inf or NaN gives NaN.
 template <typename scalar_t>
-inline at::opmath_type<scalar_t> keep_scale(double p) {
-  return static_cast<at::opmath_type<scalar_t>>(1.0 / (1.0 - p));
+struct DropoutFactors {
+  using opmath_t = at::opmath_type<scalar_t>;
+  opmath_t keep_mul;
+  opmath_t keep_add;
+  opmath_t drop_add;
+};
+
+template <bool kAffine, typename scalar_t>
+FASTDROP_HOST_DEVICE scalar_t apply_dropout(scalar_t x, bool kept, const DropoutFactors<scalar_t>& factors) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t product =
+      static_cast<scalar_t>(mul_rounded(static_cast<opmath_t>(x), kept ? factors.keep_mul : opmath_t(0)));
+  if constexpr (!kAffine) {
+    return product;
+  } else {
+    return static_cast<scalar_t>(
+        add_rounded(static_cast<opmath_t>(product), kept ? factors.keep_add : factors.drop_add));
+  }
+}
+
+// The variants, as the host chooses their constants.
+enum class Variant {
+  kDropout,                  // kept * 1 / (1 - p), in op-math precision (torch's fused kernel)
+  kFeatureDropout,           // kept * (1 / (1 - p) rounded to the element type) (torch's noise tensor)
+  kAlphaDropout,             // the SELU-preserving affine of torch's alpha dropouts
+  kAlphaDropoutGradient,     // grad * (kept ? a : 0), a rounded as in the forward
+};
+
+constexpr double kSeluAlpha = 1.7580993408473766;  // torch's alpha (SELU's -scale * alpha)
+
+// Whether the variant adds a constant; p == 1 degenerates to x * 0 in torch.
+inline bool is_affine(Variant variant, double p) {
+  return variant == Variant::kAlphaDropout && p < 1.0;
+}
+
+template <typename scalar_t>
+DropoutFactors<scalar_t> dropout_factors(Variant variant, double p) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  // The op-math value of a scalar_t, as torch's ops read their operands.
+  auto rounded = [](opmath_t value) { return static_cast<opmath_t>(static_cast<scalar_t>(value)); };
+  DropoutFactors<scalar_t> factors{opmath_t(0), opmath_t(0), opmath_t(0)};
+  if (p >= 1.0) return factors;  // everything dropped; x * 0 as torch gives
+  switch (variant) {
+    case Variant::kDropout:
+      factors.keep_mul = static_cast<opmath_t>(1.0 / (1.0 - p));
+      break;
+    case Variant::kFeatureDropout:
+      // torch: noise = bernoulli(1 - p).div_(1 - p) in the input's dtype.
+      factors.keep_mul = rounded(opmath_t(1) / static_cast<opmath_t>(1.0 - p));
+      break;
+    case Variant::kAlphaDropout:
+    case Variant::kAlphaDropoutGradient: {
+      // torch: a = 1 / sqrt((alpha^2 p + 1)(1 - p)); noise = bernoulli(1 - p) * a;
+      // b = (bernoulli - 1) * (alpha a) + alpha a p, all in the input's dtype.
+      const double a = 1.0 / std::sqrt((kSeluAlpha * kSeluAlpha * p + 1.0) * (1.0 - p));
+      const opmath_t alpha_a = static_cast<opmath_t>(kSeluAlpha * a);
+      const opmath_t alpha_a_p = static_cast<opmath_t>(kSeluAlpha * a * p);
+      factors.keep_mul = rounded(static_cast<opmath_t>(a));
+      if (variant == Variant::kAlphaDropout) {
+        factors.keep_add = rounded(alpha_a_p);
+        factors.drop_add = rounded(rounded(-alpha_a) + alpha_a_p);
+      }
+      break;
+    }
+  }
+  return factors;
 }
 
 }  // namespace fastdrop

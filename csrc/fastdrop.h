@@ -4,9 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "layout.h"
 #include "philox.h"
@@ -57,17 +59,17 @@ inline RngState read_rng_state_cpu(const at::Tensor& state) {
 // Merges dims that are contiguous in every operand (all of one shape), drops
 // size-1 dims. Empty when more than kMaxLayoutDims dims remain.
 template <int kOperands>
-std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor, kOperands>& operands) {
+std::optional<StridedLayout<kOperands>> make_layout(at::IntArrayRef sizes,
+                                                    const std::array<at::IntArrayRef, kOperands>& strides) {
   StridedLayout<kOperands> layout;
-  const at::Tensor& first = operands[0];
   // Built innermost first, reversed at the end.
   int ndim = 0;
-  for (int64_t d = first.dim() - 1; d >= 0; --d) {
-    const int64_t size = first.size(d);
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    const int64_t size = sizes[d];
     if (size == 1) continue;
     bool merges = ndim > 0;
     for (int k = 0; k < kOperands && merges; ++k) {
-      merges = operands[k].stride(d) == layout.strides[k][ndim - 1] * layout.sizes[ndim - 1];
+      merges = strides[k][d] == layout.strides[k][ndim - 1] * layout.sizes[ndim - 1];
     }
     if (merges) {
       layout.sizes[ndim - 1] *= size;
@@ -75,7 +77,7 @@ std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor,
     }
     if (ndim == kMaxLayoutDims) return std::nullopt;
     layout.sizes[ndim] = size;
-    for (int k = 0; k < kOperands; ++k) layout.strides[k][ndim] = operands[k].stride(d);
+    for (int k = 0; k < kOperands; ++k) layout.strides[k][ndim] = strides[k][d];
     ++ndim;
   }
   for (int lo = 0, hi = ndim - 1; lo < hi; ++lo, --hi) {
@@ -86,32 +88,89 @@ std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor,
   return layout;
 }
 
-// Runs `kernel(output, input)` directly when the pair has a layout the kernels
-// can walk, else through contiguous copies (only tensors with more than
-// kMaxLayoutDims non-mergeable dims land there).
-template <typename Kernel>
-void with_walkable_pair(const at::Tensor& input, at::Tensor& output, Kernel&& kernel) {
-  if (auto layout = make_layout<2>({output, input})) {
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor, kOperands>& operands) {
+  std::array<at::IntArrayRef, kOperands> strides;
+  for (int k = 0; k < kOperands; ++k) strides[k] = operands[k].strides();
+  return make_layout<kOperands>(operands[0].sizes(), strides);
+}
+
+// The dims of `tensor` ordered outermost to innermost in memory (by stride,
+// ties in logical order): walking a permuted layout in this order visits
+// memory sequentially.
+inline std::vector<int64_t> memory_order(const at::Tensor& tensor) {
+  std::vector<int64_t> order(tensor.dim());
+  for (int64_t d = 0; d < tensor.dim(); ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return tensor.stride(a) > tensor.stride(b); });
+  return order;
+}
+
+inline std::vector<int64_t> permuted(at::IntArrayRef values, const std::vector<int64_t>& order) {
+  std::vector<int64_t> result(order.size());
+  for (size_t i = 0; i < order.size(); ++i) result[i] = values[order[i]];
+  return result;
+}
+
+// Feature-wise variants decide once per (n, c) "row", the contract's index
+// being n * C + c. As the decision depends on the row alone, their kernels
+// walk the output's memory order (channels_last included) and find each
+// element's row through a third operand with strides (C, 1, 0, ...).
+inline std::optional<StridedLayout<3>> feature_row_layout(const at::Tensor& output, const at::Tensor& input) {
+  std::vector<int64_t> row_strides(input.dim(), 0);
+  row_strides[0] = input.size(1);
+  row_strides[1] = 1;
+  const std::vector<int64_t> order = memory_order(output);
+  const std::vector<int64_t> sizes = permuted(input.sizes(), order);
+  const std::vector<int64_t> out_strides = permuted(output.strides(), order);
+  const std::vector<int64_t> in_strides = permuted(input.strides(), order);
+  const std::vector<int64_t> rows = permuted(row_strides, order);
+  return make_layout<3>(sizes, {out_strides, in_strides, rows});
+}
+
+inline std::optional<StridedLayout<2>> elementwise_layout(const at::Tensor& output, const at::Tensor& input) {
+  return make_layout<2>({output, input});
+}
+
+// Runs kernel(layout, output, input) on the layout make_layout(output, input)
+// builds, or, where it finds none (more than kMaxLayoutDims dims left after
+// merging), on contiguous copies.
+template <typename MakeLayout, typename Kernel>
+void with_layout(const at::Tensor& input, at::Tensor& output, const MakeLayout& make_layout,
+                 const Kernel& kernel) {
+  if (const auto layout = make_layout(output, input)) {
     kernel(*layout, output, input);
     return;
   }
-  at::Tensor input_contiguous = input.contiguous();
+  const at::Tensor input_contiguous = input.contiguous();
   at::Tensor output_contiguous = at::empty_like(input_contiguous, at::MemoryFormat::Contiguous);
-  kernel(*make_layout<2>({output_contiguous, input_contiguous}), output_contiguous, input_contiguous);
+  kernel(*make_layout(output_contiguous, input_contiguous), output_contiguous, input_contiguous);
   output.copy_(output_contiguous);
 }
 
-// Entry points, registered in ops.cpp.
+// Entry points, registered in ops.cpp. Each variant has a forward that draws
+// from a generator and returns (output, rng_state), an in-place forward that
+// returns rng_state, and a backward that regenerates the mask from rng_state.
+#define FASTDROP_VARIANTS(X) \
+  X(dropout)                 \
+  X(alpha_dropout)           \
+  X(feature_dropout)         \
+  X(feature_alpha_dropout)
+
+#define FASTDROP_DECLARE_VARIANT(name)                                                                        \
+  std::tuple<at::Tensor, at::Tensor> name(const at::Tensor& input, double p,                                  \
+                                          std::optional<at::Generator> generator);                            \
+  at::Tensor name##_(at::Tensor& input, double p, std::optional<at::Generator> generator);                     \
+  at::Tensor name##_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+
 namespace cpu {
-std::tuple<at::Tensor, at::Tensor> dropout(const at::Tensor& input, double p, std::optional<at::Generator> generator);
-at::Tensor dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator);
-at::Tensor dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+FASTDROP_VARIANTS(FASTDROP_DECLARE_VARIANT)
 }  // namespace cpu
 
 namespace cuda {
-std::tuple<at::Tensor, at::Tensor> dropout(const at::Tensor& input, double p, std::optional<at::Generator> generator);
-at::Tensor dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator);
-at::Tensor dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+FASTDROP_VARIANTS(FASTDROP_DECLARE_VARIANT)
 }  // namespace cuda
+
+#undef FASTDROP_DECLARE_VARIANT
 
 }  // namespace fastdrop

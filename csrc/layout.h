@@ -10,7 +10,9 @@
 
 namespace fastdrop {
 
-constexpr int kMaxLayoutDims = 16;
+// Dims left after merging; tensors with more are handled through contiguous
+// copies (with_layout). Eight keeps the GPU cursor in registers.
+constexpr int kMaxLayoutDims = 8;
 
 template <int kOperands>
 struct StridedLayout {

@@ -8,23 +8,28 @@ TORCH_LIBRARY(fastdrop, m) {
   // The forwards draw from a generator: tagged so that compilers neither merge
   // two calls nor recompute one in backward.
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
-  m.def("dropout(Tensor input, float p, Generator? generator=None) -> (Tensor, Tensor)", seeded);
-  m.def("dropout_(Tensor(a!) input, float p, Generator? generator=None) -> Tensor", seeded);
-  // Applies the mask a forward drew (from its rng_state) to grad: the backward
-  // of dropout, and a replay of the forward.
-  m.def("dropout_backward(Tensor grad, Tensor rng_state, float p) -> Tensor");
+#define FASTDROP_DEFINE_VARIANT(name)                                                                   \
+  m.def(#name "(Tensor input, float p, Generator? generator=None) -> (Tensor, Tensor)", seeded);        \
+  m.def(#name "_(Tensor(a!) input, float p, Generator? generator=None) -> Tensor", seeded);             \
+  /* Applies the mask a forward drew (from its rng_state) to grad: the backward. */                     \
+  m.def(#name "_backward(Tensor grad, Tensor rng_state, float p) -> Tensor");
+  FASTDROP_VARIANTS(FASTDROP_DEFINE_VARIANT)
+#undef FASTDROP_DEFINE_VARIANT
 }
 
+#define FASTDROP_REGISTER_VARIANT(name)  \
+  m.impl(#name, &device::name);          \
+  m.impl(#name "_", &device::name##_);   \
+  m.impl(#name "_backward", &device::name##_backward);
+
 TORCH_LIBRARY_IMPL(fastdrop, CPU, m) {
-  m.impl("dropout", &fastdrop::cpu::dropout);
-  m.impl("dropout_", &fastdrop::cpu::dropout_);
-  m.impl("dropout_backward", &fastdrop::cpu::dropout_backward);
+  namespace device = fastdrop::cpu;
+  FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
 }
 
 #ifdef FASTDROP_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastdrop, CUDA, m) {
-  m.impl("dropout", &fastdrop::cuda::dropout);
-  m.impl("dropout_", &fastdrop::cuda::dropout_);
-  m.impl("dropout_backward", &fastdrop::cuda::dropout_backward);
+  namespace device = fastdrop::cuda;
+  FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
 }
 #endif

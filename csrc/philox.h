@@ -76,7 +76,13 @@ FASTDROP_HOST_DEVICE PhiloxBlock contract_block(uint64_t seed, uint64_t offset, 
 }
 
 FASTDROP_HOST_DEVICE uint32_t element_bits(const PhiloxBlock& block, int lane) {
-  return (block.word[lane >> 1] >> ((lane & 1) * 16)) & 0xFFFFu;
+  // Selects rather than block.word[lane >> 1]: with a run-time lane, indexing
+  // would move the block to local memory on the GPU.
+  uint32_t word = block.word[0];
+  word = lane >= 2 ? block.word[1] : word;
+  word = lane >= 4 ? block.word[2] : word;
+  word = lane >= 6 ? block.word[3] : word;
+  return (word >> ((lane & 1) * 16)) & 0xFFFFu;
 }
 
 // |threshold / 2^16 - p| <= 2^-17: the realized drop probability is within

@@ -1,10 +1,21 @@
-"""Functional dropout, with the signatures, defaults and errors of torch.nn.functional."""
+"""Functional dropouts with the signatures, defaults, shape rules, errors and
+warnings of torch.nn.functional."""
+
+import warnings
 
 import torch
 
-from ._ops import DropoutInplace, ops
+from ._ops import apply_variant, ops
 
-__all__ = ["dropout", "dropout_with_seed"]
+__all__ = [
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "dropout_with_seed",
+]
 
 
 def _check_probability(p):
@@ -13,8 +24,11 @@ def _check_probability(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
-def _needs_autograd(input):
-    return torch.is_grad_enabled() and input.requires_grad
+def _run(name, input, p, training, inplace, generator):
+    _check_probability(p)
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    return apply_variant(name, input, p, inplace, generator)
 
 
 def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
@@ -27,19 +41,96 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     saving it. In eval mode, or for p == 0 or an empty input, the input itself
     is returned, as torch does.
     """
+    return _run("dropout", input, p, training, inplace, generator)
+
+
+def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
+    """Drop-in for torch.nn.functional.alpha_dropout (note: training=False by default, as in torch).
+
+    Kept elements become a * x + alpha * a * p, dropped ones -alpha * a * (1 - p),
+    with torch's alpha = 1.7580993408473766 and a = 1 / sqrt((alpha^2 p + 1)(1 - p)),
+    so a zero-mean, unit-variance input keeps its mean and variance.
+    """
+    return _run("alpha_dropout", input, p, training, inplace, generator)
+
+
+def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
+    """Drop-in for torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
+    return _run("feature_alpha_dropout", input, p, training, inplace, generator)
+
+
+def _feature_dropout_unbatched(input, p, training, inplace, generator):
+    """Channel dropout of an input without its batch dim, as a batch of one."""
+    result = _run("feature_dropout", input.unsqueeze(0), p, training, inplace, generator)
+    return input if inplace else result.squeeze(0)
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None):
+    """Drop-in for torch.nn.functional.dropout1d: zeroes whole channels of (N, C, L) or (C, L) input."""
     _check_probability(p)
-    if not training or p == 0.0 or input.numel() == 0:
-        return input
-    if inplace:
-        if _needs_autograd(input):
-            return DropoutInplace.apply(input, p, generator)
-        ops.dropout_(input, p, generator)
-        return input
-    return ops.dropout(input, p, generator)[0]
+    if input.dim() not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
+            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension "
+            "(i.e. 2D or 3D inputs)."
+        )
+    if input.dim() == 2:
+        return _feature_dropout_unbatched(input, p, training, inplace, generator)
+    return _run("feature_dropout", input, p, training, inplace, generator)
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
+    """Drop-in for torch.nn.functional.dropout2d: zeroes whole channels of (N, C, H, W) input.
+
+    As in torch, a 3-D input is taken as (N, C, L) (with a warning), and other
+    ranks are accepted with a deprecation warning.
+    """
+    _check_probability(p)
+    if input.dim() not in (3, 4):
+        warnings.warn(
+            f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout2d "
+            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
+            stacklevel=2,
+        )
+    if input.dim() == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret the "
+            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2,
+        )
+    return _run("feature_dropout", input, p, training, inplace, generator)
+
+
+def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
+    """Drop-in for torch.nn.functional.dropout3d: zeroes whole channels of (N, C, D, H, W) input.
+
+    As in torch, a 4-D input is taken as unbatched (C, D, H, W), and other ranks
+    are accepted with a deprecation warning.
+    """
+    _check_probability(p)
+    if input.dim() not in (4, 5):
+        warnings.warn(
+            f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout3d "
+            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
+            stacklevel=2,
+        )
+    if input.dim() != 5:
+        return _feature_dropout_unbatched(input, p, training, inplace, generator)
+    return _run("feature_dropout", input, p, training, inplace, generator)
 
 
 def dropout_with_seed(input, p, seed, offset=0):
-    """Applies the mask that a dropout call keyed by (seed, offset) applied.
+    """Applies the mask that an element-wise dropout call keyed by (seed, offset) applied.
 
     A CUDA call with generator ``g`` is keyed by ``(g.initial_seed(),
     g.get_offset())`` read just before it, so this reproduces a CUDA run's

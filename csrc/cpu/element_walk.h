@@ -1,7 +1,5 @@
-// The CPU side of element-wise decisions: split the logical index range over
-// threads (in whole Philox blocks, so no block is computed twice), fill a small
-// buffer with the elements' 16-bit values, and hand the kernel runs of
-// consecutive logical elements along the innermost dim.
+// Splitting a tensor's elements over threads and walking them as runs along
+// the innermost (merged) dim, for kernels that take any strides.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -13,15 +11,40 @@
 
 namespace fastdrop::cpu {
 
+constexpr int64_t kGrainElements = 32768;
 constexpr int64_t kBitsChunk = 2048;  // elements per buffer fill; a multiple of kElementsPerBlock
-constexpr int64_t kGrainBlocks = 32768 / kElementsPerBlock;
 
-// run(offsets, count, bits): operand k's elements start at offsets[k] with
-// stride layout.inner_stride(k); bits[i] belongs to the run's i-th element.
+// Calls run(offsets, count, index) for consecutive runs covering [begin, end)
+// of the layout's index space, starting at the cursor's position; operand k's
+// run starts at offsets[k] with stride layout.inner_stride(k).
 template <int kOperands, typename Run>
-void for_each_run_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Run& run) {
+void walk_runs(const StridedLayout<kOperands>& layout, LogicalCursor<kOperands>& cursor, int64_t begin, int64_t end,
+               const Run& run) {
+  for (int64_t index = begin; index < end;) {
+    const int64_t count = std::min(cursor.left_in_row(layout), end - index);
+    run(cursor.offset, count, index);
+    cursor.advance_in_row(layout, count);
+    index += count;
+  }
+}
+
+// All elements, in parallel: run(offsets, count, index).
+template <int kOperands, typename Run>
+void parallel_runs(const StridedLayout<kOperands>& layout, int64_t numel, const Run& run) {
+  at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
+    LogicalCursor<kOperands> cursor;
+    cursor.seek(layout, begin);
+    walk_runs(layout, cursor, begin, end, run);
+  });
+}
+
+// All elements in logical order, in parallel, with each element's 16 contract
+// bits: run(offsets, count, bits). Threads split at Philox block boundaries so
+// no block is computed twice.
+template <int kOperands, typename Run>
+void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Run& run) {
   const int64_t num_blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  at::parallel_for(0, num_blocks, kGrainBlocks, [&](int64_t first_block, int64_t last_block) {
+  at::parallel_for(0, num_blocks, kGrainElements / kElementsPerBlock, [&](int64_t first_block, int64_t last_block) {
     alignas(64) uint16_t bits[kBitsChunk];
     LogicalCursor<kOperands> cursor;
     cursor.seek(layout, first_block * kElementsPerBlock);
@@ -30,12 +53,9 @@ void for_each_run_with_bits(const StridedLayout<kOperands>& layout, int64_t nume
       fill_element_bits(rng.seed, rng.offset / 4, static_cast<uint64_t>(block), blocks, bits);
       const int64_t begin = block * kElementsPerBlock;
       const int64_t end = std::min(numel, (block + blocks) * kElementsPerBlock);
-      for (int64_t index = begin; index < end;) {
-        const int64_t count = std::min(cursor.left_in_row(layout), end - index);
-        run(cursor.offset, count, bits + (index - begin));
-        cursor.advance_in_row(layout, count);
-        index += count;
-      }
+      walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t index) {
+        run(offsets, count, bits + (index - begin));
+      });
     }
   });
 }

@@ -1,5 +1,5 @@
-// The CPU kernels element by element against the single-element statement of
-// the contract (keeps_element), for sizes that end anywhere inside a Philox
+// The CPU kernels of every variant, forward and backward, element by element
+// against the single-element statement of the contract (keeps_element), for sizes that end anywhere inside a Philox
 // block, a SIMD step or a thread's range, and for strided layouts; and every
 // SIMD variant of the bulk generator against the scalar engine, across a block
 // index that carries into the counter's high word.
@@ -42,44 +42,83 @@ int check_bulk_generator() {
   return checks;
 }
 
+using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, double, std::optional<at::Generator>);
+using Backward = at::Tensor (*)(const at::Tensor&, const at::Tensor&, double);
+
+struct VariantUnderTest {
+  const char* name;
+  Forward forward;
+  Backward backward;
+  fastdrop::Variant forward_variant, backward_variant;
+  bool per_row;  // one decision per (n, c) instead of per element
+};
+
+const VariantUnderTest kVariants[] = {
+    {"dropout", fastdrop::cpu::dropout, fastdrop::cpu::dropout_backward, fastdrop::Variant::kDropout,
+     fastdrop::Variant::kDropout, false},
+    {"alpha_dropout", fastdrop::cpu::alpha_dropout, fastdrop::cpu::alpha_dropout_backward,
+     fastdrop::Variant::kAlphaDropout, fastdrop::Variant::kAlphaDropoutGradient, false},
+    {"feature_dropout", fastdrop::cpu::feature_dropout, fastdrop::cpu::feature_dropout_backward,
+     fastdrop::Variant::kFeatureDropout, fastdrop::Variant::kFeatureDropout, true},
+    {"feature_alpha_dropout", fastdrop::cpu::feature_alpha_dropout, fastdrop::cpu::feature_alpha_dropout_backward,
+     fastdrop::Variant::kAlphaDropout, fastdrop::Variant::kAlphaDropoutGradient, true},
+};
+
+// Every element of forward and backward against the single-element contract.
 template <typename scalar_t>
-int check_dropout(const at::Tensor& input, double p) {
+int check_variant(const VariantUnderTest& variant, const at::Tensor& input, double p) {
   int checks = 0;
-  auto [output, rng_state] = fastdrop::cpu::dropout(input, p, std::nullopt);
+  auto [output, rng_state] = variant.forward(input, p, std::nullopt);
+  const at::Tensor grad = at::randn_like(input);
+  const at::Tensor grad_input = variant.backward(grad, rng_state, p);
   const fastdrop::RngState rng = fastdrop::read_rng_state_cpu(rng_state);
   const uint32_t threshold = fastdrop::drop_threshold(p);
-  const auto scale = fastdrop::keep_scale<scalar_t>(p);
-  // Logical order: flatten both through contiguous copies.
-  const at::Tensor in = input.contiguous().view(-1), out = output.contiguous().view(-1);
-  const scalar_t* x = in.const_data_ptr<scalar_t>();
-  const scalar_t* y = out.const_data_ptr<scalar_t>();
-  for (int64_t i = 0; i < in.numel(); ++i) {
-    const bool kept = fastdrop::keeps_element(rng.seed, rng.offset, static_cast<uint64_t>(i), threshold);
-    const scalar_t expected = fastdrop::masked_scale(x[i], kept, scale);
-    EXPECT(static_cast<double>(y[i]) == static_cast<double>(expected), "element %lld of %lld: %g != %g (p=%g)",
-          static_cast<long long>(i), static_cast<long long>(in.numel()), static_cast<double>(y[i]),
-          static_cast<double>(expected), p);
-    ++checks;
+  const auto forward_factors = fastdrop::dropout_factors<scalar_t>(variant.forward_variant, p);
+  const auto backward_factors = fastdrop::dropout_factors<scalar_t>(variant.backward_variant, p);
+  const bool affine = fastdrop::is_affine(variant.forward_variant, p);
+  // Logical order: flatten everything through contiguous copies.
+  const at::Tensor x = input.contiguous().view(-1), y = output.contiguous().view(-1);
+  const at::Tensor g = grad.contiguous().view(-1), gx = grad_input.contiguous().view(-1);
+  const int64_t row_size = variant.per_row ? input.numel() / (input.size(0) * input.size(1)) : 1;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const uint64_t index = static_cast<uint64_t>(i / row_size);
+    const bool kept = fastdrop::keeps_element(rng.seed, rng.offset, index, threshold);
+    const scalar_t xi = x.const_data_ptr<scalar_t>()[i];
+    const scalar_t expected = affine ? fastdrop::apply_dropout<true>(xi, kept, forward_factors)
+                                     : fastdrop::apply_dropout<false>(xi, kept, forward_factors);
+    const scalar_t expected_grad = fastdrop::apply_dropout<false>(g.const_data_ptr<scalar_t>()[i], kept, backward_factors);
+    const double actual = static_cast<double>(y.const_data_ptr<scalar_t>()[i]);
+    const double actual_grad = static_cast<double>(gx.const_data_ptr<scalar_t>()[i]);
+    EXPECT(actual == static_cast<double>(expected), "%s element %lld of %lld: %g != %g (p=%g)", variant.name,
+           static_cast<long long>(i), static_cast<long long>(x.numel()), actual, static_cast<double>(expected), p);
+    EXPECT(actual_grad == static_cast<double>(expected_grad), "%s gradient %lld: %g != %g (p=%g)", variant.name,
+           static_cast<long long>(i), actual_grad, static_cast<double>(expected_grad), p);
+    checks += 2;
   }
-  EXPECT(output.strides() == at::empty_like(input).strides(), "output strides differ from empty_like's");
-  auto grad = fastdrop::cpu::dropout_backward(input, rng_state, p);
-  EXPECT(at::equal(grad, output), "backward's replay differs from forward");
-  return checks + 2;
+  EXPECT(output.strides() == at::empty_like(input).strides(), "%s: output strides differ from empty_like's",
+         variant.name);
+  return checks + 1;
 }
 
 template <typename scalar_t>
 int check_dtype(at::ScalarType dtype) {
   int checks = 0;
   const int64_t sizes[] = {1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 129, 1000, 2047, 2049, 4097, 32769, 100003};
-  for (int64_t size : sizes) {
-    for (double p : {0.1, 0.5, 0.97}) {
-      checks += check_dropout<scalar_t>(at::randn({size}).to(dtype), p);
+  for (const VariantUnderTest& variant : kVariants) {
+    for (int64_t size : sizes) {
+      for (double p : {0.1, 0.5, 0.97}) {
+        // Feature variants see the size as (N, C, L) with odd N, C and L.
+        const at::Tensor input = variant.per_row ? at::randn({3, size, 5}) : at::randn({size});
+        checks += check_variant<scalar_t>(variant, input.to(dtype), p);
+      }
     }
+    const at::Tensor grid = at::randn({37, 11, 5}).to(dtype);
+    checks += check_variant<scalar_t>(variant, grid.permute({2, 0, 1}), 0.3);
+    checks += check_variant<scalar_t>(variant, grid.slice(1, 1, 10, 2), 0.3);
+    checks += check_variant<scalar_t>(
+        variant, at::randn({4, 3, 9, 9}).to(dtype).contiguous(at::MemoryFormat::ChannelsLast), 0.5);
+    checks += check_variant<scalar_t>(variant, at::randn({2, 3, 2, 3, 2, 3, 2, 3, 2, 3}).to(dtype).transpose(0, 9), 0.5);
   }
-  const at::Tensor grid = at::randn({37, 11, 5}).to(dtype);
-  checks += check_dropout<scalar_t>(grid.permute({2, 0, 1}), 0.3);
-  checks += check_dropout<scalar_t>(grid.slice(1, 1, 10, 2), 0.3);
-  checks += check_dropout<scalar_t>(at::randn({4, 3, 9, 9}).to(dtype).contiguous(at::MemoryFormat::ChannelsLast), 0.5);
   return checks;
 }
 

@@ -1,0 +1,67 @@
+// The per-run loops every CPU dropout kernel ends in: apply a variant's
+// DropoutFactors to `count` elements, with per-element decisions (16-bit
+// contract values against a threshold) or one decision for the whole run.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "../dropout_math.h"
+#include "vectorize.h"
+
+namespace fastdrop::cpu {
+
+template <bool kAffine, typename scalar_t>
+FASTDROP_ALWAYS_INLINE void transform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                                           const uint16_t* bits, int64_t count, uint32_t threshold,
+                                           const DropoutFactors<scalar_t>& factors) {
+  for (int64_t i = 0; i < count; ++i) {
+    out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], is_kept(bits[i], threshold), factors);
+  }
+}
+
+template <bool kAffine, typename scalar_t>
+FASTDROP_ALWAYS_INLINE void transform_uniform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in,
+                                                   int64_t in_stride, int64_t count, bool kept,
+                                                   const DropoutFactors<scalar_t>& factors) {
+  for (int64_t i = 0; i < count; ++i) {
+    out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], kept, factors);
+  }
+}
+
+// Unit-stride versions, compiled for several ISAs (transform_cpu.cpp).
+#define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
+  void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
+                            uint32_t threshold, bool affine, const DropoutFactors<scalar_t>& factors);           \
+  void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,     \
+                                    const DropoutFactors<scalar_t>& factors);
+FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
+#undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
+
+template <typename scalar_t>
+void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const uint16_t* bits,
+                   int64_t count, uint32_t threshold, bool affine, const DropoutFactors<scalar_t>& factors) {
+  if (out_stride == 1 && in_stride == 1) {
+    transform_contiguous(out, in, bits, count, threshold, affine, factors);
+  } else if (affine) {
+    transform_loop<true>(out, out_stride, in, in_stride, bits, count, threshold, factors);
+  } else {
+    transform_loop<false>(out, out_stride, in, in_stride, bits, count, threshold, factors);
+  }
+}
+
+template <typename scalar_t>
+void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, int64_t count,
+                           bool kept, bool affine, const DropoutFactors<scalar_t>& factors) {
+  if (out_stride == 1 && in_stride == 1) {
+    transform_uniform_contiguous(out, in, count, kept, affine, factors);
+  } else if (affine) {
+    transform_uniform_loop<true>(out, out_stride, in, in_stride, count, kept, factors);
+  } else {
+    transform_uniform_loop<false>(out, out_stride, in, in_stride, count, kept, factors);
+  }
+}
+
+}  // namespace fastdrop::cpu
