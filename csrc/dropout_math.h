@@ -66,12 +66,20 @@ FASTDROP_HOST_DEVICE scalar_t apply_dropout(scalar_t x, bool kept, const Dropout
   }
 }
 
+// a + b of two elements, in op-math precision, rounded once (torch's add).
+template <typename scalar_t>
+FASTDROP_HOST_DEVICE scalar_t add_elements(scalar_t a, scalar_t b) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  return static_cast<scalar_t>(add_rounded(static_cast<opmath_t>(a), static_cast<opmath_t>(b)));
+}
+
 // The variants, as the host chooses their constants.
 enum class Variant {
   kDropout,                  // kept * 1 / (1 - p), in op-math precision (torch's fused kernel)
   kFeatureDropout,           // kept * (1 / (1 - p) rounded to the element type) (torch's noise tensor)
   kAlphaDropout,             // the SELU-preserving affine of torch's alpha dropouts
   kAlphaDropoutGradient,     // grad * (kept ? a : 0), a rounded as in the forward
+  kUnscaled,                 // kept * 1 (drop path with scale_by_keep=False)
 };
 
 constexpr double kSeluAlpha = 1.7580993408473766;  // torch's alpha (SELU's -scale * alpha)
@@ -93,8 +101,11 @@ DropoutFactors<scalar_t> dropout_factors(Variant variant, double p) {
       factors.keep_mul = static_cast<opmath_t>(1.0 / (1.0 - p));
       break;
     case Variant::kFeatureDropout:
-      // torch: noise = bernoulli(1 - p).div_(1 - p) in the input's dtype.
+      // torch (and timm, torchvision): noise = bernoulli(1 - p).div_(1 - p) in the input's dtype.
       factors.keep_mul = rounded(opmath_t(1) / static_cast<opmath_t>(1.0 - p));
+      break;
+    case Variant::kUnscaled:
+      factors.keep_mul = opmath_t(1);
       break;
     case Variant::kAlphaDropout:
     case Variant::kAlphaDropoutGradient: {

@@ -112,40 +112,48 @@ inline std::vector<int64_t> permuted(at::IntArrayRef values, const std::vector<i
   return result;
 }
 
-// Feature-wise variants decide once per (n, c) "row", the contract's index
-// being n * C + c. As the decision depends on the row alone, their kernels
-// walk the output's memory order (channels_last included) and find each
-// element's row through a third operand with strides (C, 1, 0, ...).
-inline std::optional<StridedLayout<3>> feature_row_layout(const at::Tensor& output, const at::Tensor& input) {
-  std::vector<int64_t> row_strides(input.dim(), 0);
-  row_strides[0] = input.size(1);
-  row_strides[1] = 1;
+// Grouped variants decide once per group of the first `group_dims` dims: per
+// (n, c) channel for feature dropout (group index n * C + c), per sample n for
+// drop path, once for the whole tensor with no group dims (stochastic depth's
+// batch mode). The decision depends on the group alone, so their kernels walk
+// the output's memory order (channels_last included), every operand through
+// its strides, and find each element's group through a last operand whose
+// strides are (C, 1, 0, ...), (1, 0, ...) or all 0.
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> grouped_layout(const std::array<at::Tensor, kOperands - 1>& tensors,
+                                                        int64_t group_dims) {
+  const at::Tensor& output = tensors[0];
+  std::vector<int64_t> group_strides(output.dim(), 0);
+  int64_t stride = 1;
+  for (int64_t d = group_dims - 1; d >= 0; --d) {
+    group_strides[d] = stride;
+    stride *= output.size(d);
+  }
   const std::vector<int64_t> order = memory_order(output);
-  const std::vector<int64_t> sizes = permuted(input.sizes(), order);
-  const std::vector<int64_t> out_strides = permuted(output.strides(), order);
-  const std::vector<int64_t> in_strides = permuted(input.strides(), order);
-  const std::vector<int64_t> rows = permuted(row_strides, order);
-  return make_layout<3>(sizes, {out_strides, in_strides, rows});
+  std::array<std::vector<int64_t>, kOperands> strides;
+  for (int k = 0; k < kOperands - 1; ++k) strides[k] = permuted(tensors[k].strides(), order);
+  strides[kOperands - 1] = permuted(group_strides, order);
+  std::array<at::IntArrayRef, kOperands> stride_refs;
+  for (int k = 0; k < kOperands; ++k) stride_refs[k] = strides[k];
+  return make_layout<kOperands>(permuted(output.sizes(), order), stride_refs);
 }
 
-inline std::optional<StridedLayout<2>> elementwise_layout(const at::Tensor& output, const at::Tensor& input) {
-  return make_layout<2>({output, input});
-}
-
-// Runs kernel(layout, output, input) on the layout make_layout(output, input)
-// builds, or, where it finds none (more than kMaxLayoutDims dims left after
-// merging), on contiguous copies.
-template <typename MakeLayout, typename Kernel>
-void with_layout(const at::Tensor& input, at::Tensor& output, const MakeLayout& make_layout,
+// Runs kernel(layout, tensors) on the layout make_layout(tensors) builds
+// (tensors: the output, then the inputs, all of the output's shape), or, where
+// it finds none (more than kMaxLayoutDims dims left after merging), on
+// contiguous copies, copying the result back into the output.
+template <size_t kTensors, typename MakeLayout, typename Kernel>
+void with_layout(const std::array<at::Tensor, kTensors>& tensors, const MakeLayout& make_layout,
                  const Kernel& kernel) {
-  if (const auto layout = make_layout(output, input)) {
-    kernel(*layout, output, input);
+  if (const auto layout = make_layout(tensors)) {
+    kernel(*layout, tensors);
     return;
   }
-  const at::Tensor input_contiguous = input.contiguous();
-  at::Tensor output_contiguous = at::empty_like(input_contiguous, at::MemoryFormat::Contiguous);
-  kernel(*make_layout(output_contiguous, input_contiguous), output_contiguous, input_contiguous);
-  output.copy_(output_contiguous);
+  std::array<at::Tensor, kTensors> contiguous;
+  contiguous[0] = at::empty_like(tensors[0], at::MemoryFormat::Contiguous);
+  for (size_t k = 1; k < kTensors; ++k) contiguous[k] = tensors[k].contiguous();
+  kernel(*make_layout(contiguous), contiguous);
+  tensors[0].copy_(contiguous[0]);
 }
 
 // Entry points, registered in ops.cpp. Each variant has a forward that draws
@@ -172,5 +180,51 @@ FASTDROP_VARIANTS(FASTDROP_DECLARE_VARIANT)
 }  // namespace cuda
 
 #undef FASTDROP_DECLARE_VARIANT
+
+// Per-sample drop path (stochastic depth) and the fused residual forms.
+#define FASTDROP_DECLARE_RESIDUAL_OPS                                                                           \
+  std::tuple<at::Tensor, at::Tensor> drop_path(const at::Tensor& input, double p, bool scale_by_keep,          \
+                                               bool per_sample, std::optional<at::Generator> generator);      \
+  at::Tensor drop_path_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p,                 \
+                                bool scale_by_keep, bool per_sample);                                           \
+  std::tuple<at::Tensor, at::Tensor> drop_path_add(const at::Tensor& residual, const at::Tensor& branch,       \
+                                                   double p, bool scale_by_keep,                               \
+                                                   std::optional<at::Generator> generator);                    \
+  std::tuple<at::Tensor, at::Tensor> dropout_add(const at::Tensor& residual, const at::Tensor& input, double p, \
+                                                 std::optional<at::Generator> generator);                      \
+  std::tuple<at::Tensor, at::Tensor> bias_dropout_add(const at::Tensor& input, const at::Tensor& bias,         \
+                                                      const at::Tensor& residual, double p,                    \
+                                                      std::optional<at::Generator> generator);
+
+namespace cpu {
+FASTDROP_DECLARE_RESIDUAL_OPS
+}  // namespace cpu
+
+namespace cuda {
+FASTDROP_DECLARE_RESIDUAL_OPS
+}  // namespace cuda
+
+#undef FASTDROP_DECLARE_RESIDUAL_OPS
+
+// Checks shared by the fused residual forms: same shape, device and dtype.
+inline void check_same_tensors(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name,
+                               const char* op) {
+  TORCH_CHECK(a.sizes() == b.sizes(), "fastdrop.", op, ": ", a_name, " and ", b_name,
+              " must have the same shape, but got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.device() == b.device(), "fastdrop.", op, ": ", a_name, " and ", b_name,
+              " must be on the same device, but got ", a.device(), " and ", b.device());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastdrop.", op, ": ", a_name, " and ", b_name,
+              " must have the same dtype, but got ", a.scalar_type(), " and ", b.scalar_type());
+}
+
+inline void check_bias(const at::Tensor& input, const at::Tensor& bias, const char* op) {
+  TORCH_CHECK(input.dim() >= 1 && bias.dim() == 1 && bias.size(0) == input.size(-1), "fastdrop.", op,
+              ": bias must be 1-D with the size of input's last dim (", input.dim() >= 1 ? input.size(-1) : 0,
+              "), but got shape ", bias.sizes());
+  TORCH_CHECK(bias.device() == input.device(), "fastdrop.", op, ": bias must be on the input's device (",
+              input.device(), "), but got ", bias.device());
+  TORCH_CHECK(bias.scalar_type() == input.scalar_type(), "fastdrop.", op, ": bias must have the input's dtype (",
+              input.scalar_type(), "), but got ", bias.scalar_type());
+}
 
 }  // namespace fastdrop

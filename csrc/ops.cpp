@@ -15,6 +15,21 @@ TORCH_LIBRARY(fastdrop, m) {
   m.def(#name "_backward(Tensor grad, Tensor rng_state, float p) -> Tensor");
   FASTDROP_VARIANTS(FASTDROP_DEFINE_VARIANT)
 #undef FASTDROP_DEFINE_VARIANT
+
+  // Stochastic depth: one decision per sample (per_sample) or per batch.
+  m.def("drop_path(Tensor input, float p, bool scale_by_keep=True, bool per_sample=True, "
+        "Generator? generator=None) -> (Tensor, Tensor)",
+        seeded);
+  m.def("drop_path_backward(Tensor grad, Tensor rng_state, float p, bool scale_by_keep=True, "
+        "bool per_sample=True) -> Tensor");
+  // Residual epilogues; their backwards are the backwards above (and a bias reduction).
+  m.def("drop_path_add(Tensor residual, Tensor branch, float p, bool scale_by_keep=True, "
+        "Generator? generator=None) -> (Tensor, Tensor)",
+        seeded);
+  m.def("dropout_add(Tensor residual, Tensor input, float p, Generator? generator=None) -> (Tensor, Tensor)", seeded);
+  m.def("bias_dropout_add(Tensor input, Tensor bias, Tensor residual, float p, Generator? generator=None) "
+        "-> (Tensor, Tensor)",
+        seeded);
 }
 
 #define FASTDROP_REGISTER_VARIANT(name)  \
@@ -22,14 +37,23 @@ TORCH_LIBRARY(fastdrop, m) {
   m.impl(#name "_", &device::name##_);   \
   m.impl(#name "_backward", &device::name##_backward);
 
+#define FASTDROP_REGISTER_RESIDUAL_OPS                       \
+  m.impl("drop_path", &device::drop_path);                   \
+  m.impl("drop_path_backward", &device::drop_path_backward); \
+  m.impl("drop_path_add", &device::drop_path_add);           \
+  m.impl("dropout_add", &device::dropout_add);               \
+  m.impl("bias_dropout_add", &device::bias_dropout_add);
+
 TORCH_LIBRARY_IMPL(fastdrop, CPU, m) {
   namespace device = fastdrop::cpu;
   FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
+  FASTDROP_REGISTER_RESIDUAL_OPS
 }
 
 #ifdef FASTDROP_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastdrop, CUDA, m) {
   namespace device = fastdrop::cuda;
   FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
+  FASTDROP_REGISTER_RESIDUAL_OPS
 }
 #endif

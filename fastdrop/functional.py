@@ -5,7 +5,7 @@ import warnings
 
 import torch
 
-from ._ops import apply_variant, ops
+from ._ops import _check_bias, _check_same, apply_variant, ops
 
 __all__ = [
     "dropout",
@@ -15,6 +15,11 @@ __all__ = [
     "alpha_dropout",
     "feature_alpha_dropout",
     "dropout_with_seed",
+    "drop_path",
+    "stochastic_depth",
+    "drop_path_add",
+    "dropout_add",
+    "bias_dropout_add",
 ]
 
 
@@ -127,6 +132,74 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
     if input.dim() != 5:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)
     return _run("feature_dropout", input, p, training, inplace, generator)
+
+
+def _check_drop_probability(p):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+
+
+def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator=None):
+    """Drop-in for timm's drop_path: per-sample stochastic depth of a residual branch.
+
+    Each sample (index along dim 0) is zeroed with probability drop_prob; kept
+    samples are divided by 1 - drop_prob when scale_by_keep. Eval mode and
+    drop_prob == 0 return x itself. One pass each way, nothing per element saved.
+    """
+    _check_drop_probability(drop_prob)
+    if drop_prob == 0.0 or not training:
+        return x
+    return ops.drop_path(x, drop_prob, scale_by_keep, True, generator)[0]
+
+
+def stochastic_depth(input, p, mode, training=True, *, generator=None):
+    """Drop-in for torchvision.ops.stochastic_depth.
+
+    mode "row" drops each sample (dim 0) with probability p, mode "batch" the
+    whole batch at once; survivors are divided by 1 - p, and p == 1 gives zeros.
+    """
+    _check_drop_probability(p)
+    if mode not in ("batch", "row"):
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    if not training or p == 0.0:
+        return input
+    return ops.drop_path(input, p, True, mode == "row", generator)[0]
+
+
+def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True, *, generator=None):
+    """residual + drop_path(branch) in one pass; a dropped sample's branch is never read.
+
+    Backward: the residual's gradient is the incoming gradient itself, the
+    branch's that gradient with the same per-sample mask and scale. In eval
+    mode (or drop_prob == 0) this is exactly residual + branch.
+    """
+    _check_drop_probability(drop_prob)
+    _check_same(residual, "residual", branch, "branch", "drop_path_add")
+    if not training or drop_prob == 0.0:
+        return residual + branch
+    return ops.drop_path_add(residual, branch, drop_prob, scale_by_keep, generator)[0]
+
+
+def dropout_add(residual, x, p, training=True, *, generator=None):
+    """residual + dropout(x) in one pass (element-wise mask, as fastdrop.functional.dropout)."""
+    _check_probability(p)
+    _check_same(residual, "residual", x, "input", "dropout_add")
+    if not training or p == 0.0:
+        return residual + x
+    return ops.dropout_add(residual, x, p, generator)[0]
+
+
+def bias_dropout_add(x, bias, residual, p, training=True, *, generator=None):
+    """residual + dropout(x + bias) in one pass, bias broadcast over the last dim (Megatron's epilogue).
+
+    Backward gives the gradients of x, bias (reduced over the other dims) and residual.
+    """
+    _check_probability(p)
+    _check_same(residual, "residual", x, "input", "bias_dropout_add")
+    _check_bias(x, bias, "bias_dropout_add")
+    if not training or p == 0.0:
+        return residual + (x + bias)
+    return ops.bias_dropout_add(x, bias, residual, p, generator)[0]
 
 
 def dropout_with_seed(input, p, seed, offset=0):

@@ -8,7 +8,17 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"]
+__all__ = [
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "DropPath",
+    "StochasticDepth",
+    "StochasticDepthBlock",
+]
 
 
 class _FastdropMixin:
@@ -58,3 +68,55 @@ class FeatureAlphaDropout(_FastdropMixin, torch.nn.FeatureAlphaDropout):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.feature_alpha_dropout(input, self.p, self.training)
+
+
+class DropPath(torch.nn.Module):
+    """timm's DropPath (same constructor, attributes and repr): per-sample stochastic depth."""
+
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+
+
+class StochasticDepth(torch.nn.Module):
+    """torchvision's StochasticDepth (same constructor, attributes and repr); mode "row" or "batch"."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p = p
+        self.mode = mode
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.stochastic_depth(input, self.p, self.mode, self.training)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
+
+
+class StochasticDepthBlock(torch.nn.Module):
+    """shortcut(x) + drop_path(branch(x)), fused through drop_path_add.
+
+    The shortcut (identity when None, or a projection) is never dropped. In
+    eval mode the block computes exactly shortcut(x) + branch(x).
+    """
+
+    def __init__(self, branch: torch.nn.Module, drop_prob: float, shortcut: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        F._check_drop_probability(drop_prob)
+        self.branch = branch
+        self.shortcut = shortcut
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.shortcut is None else self.shortcut(x)
+        return F.drop_path_add(residual, self.branch(x), self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"

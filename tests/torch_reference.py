@@ -85,3 +85,28 @@ def backward(name, grad, mask, p):
     if name == "dropout":
         return dropout(grad, mask.expand(grad.shape), p)
     return unfused_grad(grad, mask, p, alpha)
+
+
+def sample_mask(rng_state, batch, p):
+    """Per-sample keep decisions (drop path row mode): the contract's index is the sample."""
+    return keep_mask(rng_state, (batch,), p)
+
+
+def timm_drop_path(x, sample_keep, drop_prob, scale_by_keep=True):
+    """timm.layers.drop_path with the random tensor replaced by the given decisions."""
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    random_tensor = sample_keep.to(device=x.device, dtype=x.dtype).reshape(shape)
+    if keep_prob > 0.0 and scale_by_keep:
+        random_tensor.div_(keep_prob)
+    return x * random_tensor
+
+
+def torchvision_stochastic_depth(x, keep, p, mode):
+    """torchvision.ops.stochastic_depth with the noise replaced by the given decisions."""
+    survival_rate = 1.0 - p
+    size = [x.shape[0]] + [1] * (x.ndim - 1) if mode == "row" else [1] * x.ndim
+    noise = keep.to(device=x.device, dtype=x.dtype).reshape(size)
+    if survival_rate > 0.0:
+        noise.div_(survival_rate)
+    return x * noise

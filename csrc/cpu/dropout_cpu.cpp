@@ -1,6 +1,7 @@
-// Element-wise dropout and alpha dropout on the CPU: each element's keep
-// decision comes from its own 16 contract bits, and mask, scale (and alpha's
-// shift) are applied in one pass, forward and backward alike.
+// Element-wise decisions on the CPU: dropout, alpha dropout, and the residual
+// epilogues dropout_add (residual + dropout(x)) and bias_dropout_add
+// (residual + dropout(x + bias)). Each element's decision comes from its own
+// 16 contract bits; everything is applied in one pass.
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
@@ -11,23 +12,57 @@
 namespace fastdrop::cpu {
 namespace {
 
-// The kernel behind every op in this file.
+template <size_t kTensors>
+std::optional<StridedLayout<kTensors>> elementwise_layout(const std::array<at::Tensor, kTensors>& tensors) {
+  return make_layout<kTensors>(tensors);
+}
+
+// The kernel behind dropout and alpha dropout, forward and backward.
 auto elementwise_kernel(Variant variant, double p) {
   return [variant, p](const at::Tensor& input, at::Tensor& output, RngState rng) {
     const uint32_t threshold = drop_threshold(p);
     const bool affine = is_affine(variant, p);
-    with_layout(input, output, elementwise_layout, [&](const StridedLayout<2>& layout, at::Tensor& out, const at::Tensor& in) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastdrop_dropout_cpu", [&] {
+    with_layout<2>({output, input}, elementwise_layout<2>, [&](const StridedLayout<2>& layout, const auto& t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_cpu", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
-        scalar_t* out_data = out.data_ptr<scalar_t>();
-        const scalar_t* in_data = in.const_data_ptr<scalar_t>();
-        const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
-        parallel_runs_with_bits(layout, in.numel(), rng, [&](const int64_t* offsets, int64_t count, const uint16_t* bits) {
-          transform_run(out_data + offsets[0], out_stride, in_data + offsets[1], in_stride, bits, count, threshold,
-                        affine, factors);
+        scalar_t* out = t[0].template data_ptr<scalar_t>();
+        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+        parallel_runs_with_bits(layout, input.numel(), rng, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+          transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), bits, count,
+                        threshold, affine, factors);
         });
       });
     });
+  };
+}
+
+// residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
+auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
+  return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, RngState rng) {
+    const uint32_t threshold = drop_threshold(p);
+    auto run_with = [&](auto tensors) {
+      constexpr size_t kTensors = std::tuple_size_v<decltype(tensors)>;
+      with_layout<kTensors>(tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout,
+                                                                      const auto& t) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cpu", [&] {
+          const auto factors = dropout_factors<scalar_t>(Variant::kDropout, p);
+          scalar_t* out = t[0].template data_ptr<scalar_t>();
+          const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+          const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+          const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
+          parallel_runs_with_bits(layout, input.numel(), rng, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+            add_dropout_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), res + at[2],
+                            layout.inner_stride(2), b == nullptr ? nullptr : b + at[kTensors - 1],
+                            layout.inner_stride(kTensors - 1), bits, count, threshold, factors);
+          });
+        });
+      });
+    };
+    if (bias.defined()) {
+      run_with(std::array<at::Tensor, 4>{output, input, residual, bias.expand_as(input)});
+    } else {
+      run_with(std::array<at::Tensor, 3>{output, input, residual});
+    }
   };
 }
 
@@ -57,6 +92,20 @@ at::Tensor alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generat
 at::Tensor alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
   return backward_op("alpha_dropout_backward", grad, rng_state, p,
                      elementwise_kernel(Variant::kAlphaDropoutGradient, p));
+}
+
+std::tuple<at::Tensor, at::Tensor> dropout_add(const at::Tensor& residual, const at::Tensor& input, double p,
+                                               std::optional<at::Generator> generator) {
+  check_same_tensors(residual, "residual", input, "input", "dropout_add");
+  return forward_op("dropout_add", input, p, generator, add_dropout_kernel(residual, at::Tensor(), p), residual);
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_dropout_add(const at::Tensor& input, const at::Tensor& bias,
+                                                    const at::Tensor& residual, double p,
+                                                    std::optional<at::Generator> generator) {
+  check_same_tensors(residual, "residual", input, "input", "bias_dropout_add");
+  check_bias(input, bias, "bias_dropout_add");
+  return forward_op("bias_dropout_add", input, p, generator, add_dropout_kernel(residual, bias, p), residual);
 }
 
 }  // namespace fastdrop::cpu

@@ -20,14 +20,16 @@ inline RngState draw_rng_state(const std::optional<at::Generator>& generator) {
   return {gen->random64(), 0};
 }
 
-// kernel(input, output, rng) writes the output.
+// kernel(input, output, rng) writes the output, which takes the memory
+// format of `like` (the input, or the residual of the fused residual forms).
 template <typename Kernel>
 std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& input, double p,
-                                              const std::optional<at::Generator>& generator, const Kernel& kernel) {
+                                              const std::optional<at::Generator>& generator, const Kernel& kernel,
+                                              const at::Tensor& like = at::Tensor()) {
   check_floating_input(input, op);
   check_probability(p);
   const RngState rng = draw_rng_state(generator);
-  at::Tensor output = at::empty_like(input);
+  at::Tensor output = at::empty_like(like.defined() ? like : input);
   if (input.numel() > 0) kernel(input, output, rng);
   return {output, rng_state_tensor_cpu(rng)};
 }

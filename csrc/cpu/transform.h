@@ -31,12 +31,47 @@ FASTDROP_ALWAYS_INLINE void transform_uniform_loop(scalar_t* out, int64_t out_st
   }
 }
 
+// residual + dropout(in [+ bias]), element by element (dropout_add, bias_dropout_add).
+template <bool kBias, typename scalar_t>
+FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                                             const scalar_t* residual, int64_t residual_stride, const scalar_t* bias,
+                                             int64_t bias_stride, const uint16_t* bits, int64_t count,
+                                             uint32_t threshold, const DropoutFactors<scalar_t>& factors) {
+  for (int64_t i = 0; i < count; ++i) {
+    scalar_t value = in[i * in_stride];
+    if constexpr (kBias) value = add_elements(value, bias[i * bias_stride]);
+    out[i * out_stride] =
+        add_elements(residual[i * residual_stride], apply_dropout<false>(value, is_kept(bits[i], threshold), factors));
+  }
+}
+
+// residual + drop_path(in) over a run that shares one decision; a dropped run
+// copies the residual and never reads the input (drop_path_add).
+template <typename scalar_t>
+FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                                             const scalar_t* residual, int64_t residual_stride, int64_t count,
+                                             bool kept, const DropoutFactors<scalar_t>& factors) {
+  if (!kept) {
+    for (int64_t i = 0; i < count; ++i) out[i * out_stride] = residual[i * residual_stride];
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    out[i * out_stride] =
+        add_elements(residual[i * residual_stride], apply_dropout<false>(in[i * in_stride], true, factors));
+  }
+}
+
 // Unit-stride versions, compiled for several ISAs (transform_cpu.cpp).
 #define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
   void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
                             uint32_t threshold, bool affine, const DropoutFactors<scalar_t>& factors);           \
   void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,     \
-                                    const DropoutFactors<scalar_t>& factors);
+                                    const DropoutFactors<scalar_t>& factors);                                    \
+  void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,  \
+                              const uint16_t* bits, int64_t count, uint32_t threshold,                           \
+                              const DropoutFactors<scalar_t>& factors);                                          \
+  void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count,         \
+                              bool kept, const DropoutFactors<scalar_t>& factors);
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
 
@@ -61,6 +96,34 @@ void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in
     transform_uniform_loop<true>(out, out_stride, in, in_stride, count, kept, factors);
   } else {
     transform_uniform_loop<false>(out, out_stride, in, in_stride, count, kept, factors);
+  }
+}
+
+// bias: nullptr for dropout_add.
+template <typename scalar_t>
+void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                     const scalar_t* residual, int64_t residual_stride, const scalar_t* bias, int64_t bias_stride,
+                     const uint16_t* bits, int64_t count, uint32_t threshold,
+                     const DropoutFactors<scalar_t>& factors) {
+  if (out_stride == 1 && in_stride == 1 && residual_stride == 1 && (bias == nullptr || bias_stride == 1)) {
+    add_dropout_contiguous(out, in, residual, bias, bits, count, threshold, factors);
+  } else if (bias != nullptr) {
+    add_dropout_loop<true>(out, out_stride, in, in_stride, residual, residual_stride, bias, bias_stride, bits, count,
+                           threshold, factors);
+  } else {
+    add_dropout_loop<false>(out, out_stride, in, in_stride, residual, residual_stride, bias, bias_stride, bits, count,
+                            threshold, factors);
+  }
+}
+
+template <typename scalar_t>
+void add_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                     const scalar_t* residual, int64_t residual_stride, int64_t count, bool kept,
+                     const DropoutFactors<scalar_t>& factors) {
+  if (out_stride == 1 && in_stride == 1 && residual_stride == 1) {
+    add_uniform_contiguous(out, in, residual, count, kept, factors);
+  } else {
+    add_uniform_loop(out, out_stride, in, in_stride, residual, residual_stride, count, kept, factors);
   }
 }
 

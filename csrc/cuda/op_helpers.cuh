@@ -11,16 +11,19 @@
 
 namespace fastdrop::cuda {
 
-// kernel(input, output, rng) launches the work; rng is a GeneratorRng or a RecordedRng.
+// kernel(input, output, rng) launches the work; rng is a GeneratorRng or a
+// RecordedRng. The output takes the memory format of `like` (the input, or
+// the residual of the fused residual forms).
 template <typename Kernel>
 std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& input, double p,
-                                              const std::optional<at::Generator>& generator, const Kernel& kernel) {
+                                              const std::optional<at::Generator>& generator, const Kernel& kernel,
+                                              const at::Tensor& like = at::Tensor()) {
   check_floating_input(input, op);
   check_probability(p);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor rng_state;
   const GeneratorRng rng = draw_rng(input, generator, rng_state);
-  at::Tensor output = at::empty_like(input);
+  at::Tensor output = at::empty_like(like.defined() ? like : input);
   kernel(input, output, rng);  // launched even when empty: it records rng_state
   return {output, rng_state};
 }

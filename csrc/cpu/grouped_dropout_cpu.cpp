@@ -1,0 +1,204 @@
+// Grouped decisions on the CPU: one decision per group of leading dims (see
+// grouped_layout) applied to all its elements: feature dropout and feature
+// alpha dropout (per channel), drop path and stochastic depth (per sample, or
+// once per batch), and drop_path_add (residual + drop_path(branch)), which
+// never reads a dropped sample's branch. The kernels walk memory order; no
+// mask is stored: decisions are drawn per run, a Philox block at a time.
+#include <ATen/Dispatch.h>
+
+#include "../dropout_math.h"
+#include "element_walk.h"
+#include "op_helpers.h"
+#include "transform.h"
+
+namespace fastdrop::cpu {
+namespace {
+
+// Contract bits of groups, a Philox block at a time, remembered between calls.
+class GroupBits {
+ public:
+  explicit GroupBits(RngState rng) : rng_(rng) {}
+
+  uint32_t operator()(uint64_t group) {
+    const uint64_t block = group / kElementsPerBlock;
+    if (block != block_) {
+      block_ = block;
+      bits_ = contract_block(rng_.seed, rng_.offset, block);
+    }
+    return element_bits(bits_, static_cast<int>(group % kElementsPerBlock));
+  }
+
+ private:
+  RngState rng_;
+  uint64_t block_ = ~uint64_t(0);
+  PhiloxBlock bits_{};
+};
+
+// Calls apply(offsets, count, bits) for the runs of the layout (whose last
+// operand is the group index); bits[i] are the contract bits of the i-th
+// element's group. Runs inside one group get a single value (bits_stride 0).
+template <int kOperands, typename Apply>
+void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Apply& apply) {
+  const int64_t group_stride = layout.inner_stride(kOperands - 1);
+  parallel_runs(layout, numel, [&](const int64_t* offsets, int64_t count, int64_t) {
+    const uint64_t first_group = static_cast<uint64_t>(offsets[kOperands - 1]);
+    GroupBits group_bits(rng);
+    if (group_stride == 0) {  // one group for the whole run (NCHW channels, samples)
+      const uint16_t bits = static_cast<uint16_t>(group_bits(first_group));
+      apply(offsets, 0, count, &bits, true);
+      return;
+    }
+    alignas(64) uint16_t bits[kBitsChunk + 2 * kElementsPerBlock];
+    for (int64_t done = 0; done < count; done += kBitsChunk) {
+      const int64_t n = std::min(kBitsChunk, count - done);
+      const uint64_t group = first_group + static_cast<uint64_t>(done * group_stride);
+      const uint16_t* run_bits = bits;
+      if (group_stride == 1) {  // consecutive groups (channels_last): whole blocks at SIMD speed
+        const uint64_t first_block = group / kElementsPerBlock;
+        const uint64_t last_block = (group + n - 1) / kElementsPerBlock;
+        fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1),
+                          bits);
+        run_bits = bits + (group - first_block * kElementsPerBlock);
+      } else {
+        for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(group_bits(group + i * group_stride));
+      }
+      apply(offsets, done, n, run_bits, false);
+    }
+  });
+}
+
+auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
+  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, RngState rng) {
+    const uint32_t threshold = drop_threshold(p);
+    const bool affine = is_affine(variant, p);
+    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, group_dims); };
+    with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cpu", [&] {
+        const auto factors = dropout_factors<scalar_t>(variant, p);
+        scalar_t* out = t[0].template data_ptr<scalar_t>();
+        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+        const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
+        parallel_group_runs(layout, input.numel(), rng,
+                            [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
+                              scalar_t* o = out + at[0] + done * out_stride;
+                              const scalar_t* i = in + at[1] + done * in_stride;
+                              if (uniform) {
+                                transform_uniform_run(o, out_stride, i, in_stride, count,
+                                                      is_kept(bits[0], threshold), affine, factors);
+                              } else {
+                                transform_run(o, out_stride, i, in_stride, bits, count, threshold, affine, factors);
+                              }
+                            });
+      });
+    });
+  };
+}
+
+// residual + drop_path(branch), per sample.
+auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_keep) {
+  return [&residual, p, scale_by_keep](const at::Tensor& branch, at::Tensor& output, RngState rng) {
+    const uint32_t threshold = drop_threshold(p);
+    auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
+    with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
+        const auto factors =
+            dropout_factors<scalar_t>(scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled, p);
+        scalar_t* out = t[0].template data_ptr<scalar_t>();
+        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+        const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+        const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
+        parallel_group_runs(layout, branch.numel(), rng,
+                            [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
+                              scalar_t* o = out + at[0] + done * so;
+                              const scalar_t* i = in + at[1] + done * si;
+                              const scalar_t* r = res + at[2] + done * sr;
+                              if (uniform) {
+                                add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], threshold), factors);
+                                return;
+                              }
+                              // Samples change within the run (a layout with the batch dim innermost).
+                              for (int64_t k = 0; k < count; ++k) {
+                                add_uniform_run(o + k * so, so, i + k * si, si, r + k * sr, sr, 1,
+                                                is_kept(bits[k], threshold), factors);
+                              }
+                            });
+      });
+    });
+  };
+}
+
+void check_feature_input(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() >= 2, "Feature dropout requires at least 2 dimensions in the input");
+}
+
+constexpr int64_t kChannelGroups = 2;  // (n, c)
+
+Variant drop_path_variant(bool scale_by_keep) {
+  return scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled;
+}
+
+int64_t drop_path_groups(const at::Tensor& input, bool per_sample) {
+  TORCH_CHECK(!per_sample || input.dim() >= 1, "fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor");
+  return per_sample ? 1 : 0;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> feature_dropout(const at::Tensor& input, double p,
+                                                   std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return forward_op("feature_dropout", input, p, generator,
+                    grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return inplace_op("feature_dropout_", input, p, generator,
+                    grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
+  check_feature_input(grad);
+  return backward_op("feature_dropout_backward", grad, rng_state, p,
+                     grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+std::tuple<at::Tensor, at::Tensor> feature_alpha_dropout(const at::Tensor& input, double p,
+                                                         std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return forward_op("feature_alpha_dropout", input, p, generator,
+                    grouped_kernel(Variant::kAlphaDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return inplace_op("feature_alpha_dropout_", input, p, generator,
+                    grouped_kernel(Variant::kAlphaDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
+  check_feature_input(grad);
+  return backward_op("feature_alpha_dropout_backward", grad, rng_state, p,
+                     grouped_kernel(Variant::kAlphaDropoutGradient, p, kChannelGroups));
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_path(const at::Tensor& input, double p, bool scale_by_keep, bool per_sample,
+                                             std::optional<at::Generator> generator) {
+  return forward_op("drop_path", input, p, generator,
+                    grouped_kernel(drop_path_variant(scale_by_keep), p, drop_path_groups(input, per_sample)));
+}
+
+at::Tensor drop_path_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p, bool scale_by_keep,
+                              bool per_sample) {
+  return backward_op("drop_path_backward", grad, rng_state, p,
+                     grouped_kernel(drop_path_variant(scale_by_keep), p, drop_path_groups(grad, per_sample)));
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_path_add(const at::Tensor& residual, const at::Tensor& branch, double p,
+                                                 bool scale_by_keep, std::optional<at::Generator> generator) {
+  check_same_tensors(residual, "residual", branch, "branch", "drop_path_add");
+  drop_path_groups(branch, true);
+  return forward_op("drop_path_add", branch, p, generator, drop_path_add_kernel(residual, p, scale_by_keep), residual);
+}
+
+}  // namespace fastdrop::cpu

@@ -1,0 +1,254 @@
+// Grouped decisions on CUDA: feature dropout and feature alpha dropout (per
+// channel), drop path and stochastic depth (per sample or per batch), and
+// drop_path_add, which never loads a dropped sample's branch. One thread per
+// 8 consecutive elements in the output's memory order (so channels_last is as
+// coalesced as NCHW), each element's group found through the layout's last
+// operand (grouped_layout); a thread computes one Philox block per 8 distinct
+// groups it meets.
+#include <ATen/Dispatch.h>
+
+#include "../dropout_math.h"
+#include "op_helpers.cuh"
+
+namespace fastdrop::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// The contract bits of groups, remembering the last Philox block.
+struct GroupBits {
+  RngState rng;
+  uint64_t block = ~uint64_t(0);
+  PhiloxBlock bits;
+
+  __device__ uint32_t operator()(uint64_t group) {
+    if (group / kElementsPerBlock != block) {
+      block = group / kElementsPerBlock;
+      bits = contract_block(rng.seed, rng.offset, block);
+    }
+    return element_bits(bits, static_cast<int>(group % kElementsPerBlock));
+  }
+};
+
+// kDense: every tensor is dense with the output's strides, so the i-th element
+// in memory order sits at offset i of each, and 16-byte loads apply.
+template <typename scalar_t, bool kAffine, bool kDense, typename Rng>
+__global__ void __launch_bounds__(kThreads)
+    grouped_kernel(const scalar_t* in, scalar_t* out, StridedLayout<3> layout, int64_t numel, Rng rng_source,
+                   uint32_t threshold, DropoutFactors<scalar_t> factors) {
+  GroupBits group_bits{rng_source.load()};
+  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
+  LogicalCursor<3> cursor;
+  for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
+       pack_index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t first = pack_index * kElementsPerBlock;
+    cursor.seek(layout, first);
+    if (kDense && first + kElementsPerBlock <= numel) {
+      Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(in + first);
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[2])), threshold);
+        pack.value[lane] = apply_dropout<kAffine>(pack.value[lane], kept, factors);
+        cursor.next(layout);
+      }
+      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = pack;
+    } else {
+      // Not unrolled: eight copies of the strided walk cost more registers than they save.
+#pragma unroll 1
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        if (first + lane < numel) {
+          const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[2])), threshold);
+          out[cursor.offset[0]] = apply_dropout<kAffine>(in[cursor.offset[1]], kept, factors);
+          cursor.next(layout);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, bool kDense, typename Rng>
+__global__ void __launch_bounds__(kThreads)
+    drop_path_add_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, StridedLayout<4> layout,
+                         int64_t numel, Rng rng_source, uint32_t threshold, DropoutFactors<scalar_t> factors) {
+  GroupBits group_bits{rng_source.load()};
+  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
+  LogicalCursor<4> cursor;
+  for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
+       pack_index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t first = pack_index * kElementsPerBlock;
+    cursor.seek(layout, first);
+    if (kDense && first + kElementsPerBlock <= numel) {
+      bool kept[kElementsPerBlock];
+      bool any_kept = false;
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        kept[lane] = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[3])), threshold);
+        any_kept |= kept[lane];
+        cursor.next(layout);
+      }
+      Pack8<scalar_t> result = *reinterpret_cast<const Pack8<scalar_t>*>(residual + first);
+      if (any_kept) {  // a dropped sample's branch is never loaded
+        const Pack8<scalar_t> x = *reinterpret_cast<const Pack8<scalar_t>*>(branch + first);
+#pragma unroll
+        for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+          if (kept[lane]) {
+            result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
+          }
+        }
+      }
+      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = result;
+    } else {
+#pragma unroll 1
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        if (first + lane < numel) {
+          const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[3])), threshold);
+          const scalar_t r = residual[cursor.offset[2]];
+          out[cursor.offset[0]] =
+              kept ? add_elements(r, apply_dropout<false>(branch[cursor.offset[1]], true, factors)) : r;
+          cursor.next(layout);
+        }
+      }
+    }
+  }
+}
+
+bool dense_alike(const at::Tensor& output, std::initializer_list<const at::Tensor*> inputs) {
+  if (!output.is_non_overlapping_and_dense() || !is_16_byte_aligned(output.data_ptr())) return false;
+  for (const at::Tensor* input : inputs) {
+    if (input->strides() != output.strides() || !is_16_byte_aligned(input->const_data_ptr())) return false;
+  }
+  return true;
+}
+
+auto grouped_launcher(Variant variant, double p, int64_t group_dims) {
+  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, auto rng) {
+    const uint32_t threshold = drop_threshold(p);
+    const int64_t numel = input.numel();
+    const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, group_dims); };
+    with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cuda", [&] {
+        const auto factors = dropout_factors<scalar_t>(variant, p);
+        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+        scalar_t* out = t[0].template data_ptr<scalar_t>();
+        const bool dense = dense_alike(t[0], {&t[1]});
+        with_affine(is_affine(variant, p), [&](auto affine) {
+          constexpr bool kAffine = decltype(affine)::value;
+          if (dense) {
+            grouped_kernel<scalar_t, kAffine, true>
+                <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
+          } else {
+            grouped_kernel<scalar_t, kAffine, false>
+                <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+    });
+  };
+}
+
+auto drop_path_add_launcher(const at::Tensor& residual, double p, bool scale_by_keep) {
+  return [&residual, p, scale_by_keep](const at::Tensor& branch, at::Tensor& output, auto rng) {
+    const uint32_t threshold = drop_threshold(p);
+    const int64_t numel = branch.numel();
+    const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
+    with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
+        const auto factors =
+            dropout_factors<scalar_t>(scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled, p);
+        const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
+        const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
+        scalar_t* out = t[0].template data_ptr<scalar_t>();
+        if (dense_alike(t[0], {&t[1], &t[2]})) {
+          drop_path_add_kernel<scalar_t, true>
+              <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
+        } else {
+          drop_path_add_kernel<scalar_t, false>
+              <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  };
+}
+
+void check_feature_input(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() >= 2, "Feature dropout requires at least 2 dimensions in the input");
+}
+
+constexpr int64_t kChannelGroups = 2;  // (n, c)
+
+Variant drop_path_variant(bool scale_by_keep) {
+  return scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled;
+}
+
+int64_t drop_path_groups(const at::Tensor& input, bool per_sample) {
+  TORCH_CHECK(!per_sample || input.dim() >= 1, "fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor");
+  return per_sample ? 1 : 0;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> feature_dropout(const at::Tensor& input, double p,
+                                                   std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return forward_op("feature_dropout", input, p, generator,
+                    grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return inplace_op("feature_dropout_", input, p, generator,
+                    grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
+  check_feature_input(grad);
+  return backward_op("feature_dropout_backward", grad, rng_state, p,
+                     grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
+}
+
+std::tuple<at::Tensor, at::Tensor> feature_alpha_dropout(const at::Tensor& input, double p,
+                                                         std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return forward_op("feature_alpha_dropout", input, p, generator,
+                    grouped_launcher(Variant::kAlphaDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
+  check_feature_input(input);
+  return inplace_op("feature_alpha_dropout_", input, p, generator,
+                    grouped_launcher(Variant::kAlphaDropout, p, kChannelGroups));
+}
+
+at::Tensor feature_alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
+  check_feature_input(grad);
+  return backward_op("feature_alpha_dropout_backward", grad, rng_state, p,
+                     grouped_launcher(Variant::kAlphaDropoutGradient, p, kChannelGroups));
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_path(const at::Tensor& input, double p, bool scale_by_keep, bool per_sample,
+                                             std::optional<at::Generator> generator) {
+  return forward_op("drop_path", input, p, generator,
+                    grouped_launcher(drop_path_variant(scale_by_keep), p, drop_path_groups(input, per_sample)));
+}
+
+at::Tensor drop_path_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p, bool scale_by_keep,
+                              bool per_sample) {
+  return backward_op("drop_path_backward", grad, rng_state, p,
+                     grouped_launcher(drop_path_variant(scale_by_keep), p, drop_path_groups(grad, per_sample)));
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_path_add(const at::Tensor& residual, const at::Tensor& branch, double p,
+                                                 bool scale_by_keep, std::optional<at::Generator> generator) {
+  check_same_tensors(residual, "residual", branch, "branch", "drop_path_add");
+  drop_path_groups(branch, true);
+  return forward_op("drop_path_add", branch, p, generator, drop_path_add_launcher(residual, p, scale_by_keep),
+                    residual);
+}
+
+}  // namespace fastdrop::cuda
