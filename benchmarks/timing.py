@@ -1,5 +1,9 @@
-"""Side-by-side timing: candidates are timed in turn within each repetition, so
-drift in a shared machine's speed hits all of them alike; medians are reported."""
+"""Side-by-side timing. Candidates take turns in a few rounds, so drift in a
+shared machine's speed hits all of them alike; within a round each runs a
+short burst whose first call is not timed, so it is timed in the steady state
+its own allocation pattern reaches (on the CPU, interleaving single calls lets
+one op's frees and the next op's allocations turn into page faults that
+belong to neither). Medians are reported."""
 
 import statistics
 import time
@@ -32,18 +36,24 @@ def repetitions_for(seconds_per_call, budget_seconds, minimum=5, maximum=200):
     return int(max(minimum, min(maximum, budget_seconds / seconds_per_call)))
 
 
-def compare(candidates, device, budget_seconds=0.5, warmup=2):
-    """candidates: {name: zero-argument callable}. Returns {name: median seconds}."""
+def compare(candidates, device, budget_seconds=0.5):
+    """candidates: {name: zero-argument callable}. Returns {name: median seconds}.
+
+    Cheap cases get three rounds of bursts sized to the budget; a case whose
+    candidates take longer than the budget gets one round of two timed calls
+    each (at 2^26 elements on a small CPU one torch call takes most of a second).
+    """
     timer = Timer(device)
     for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    probe = max(timer(fn) for fn in candidates.values())
-    reps = repetitions_for(probe * len(candidates), budget_seconds)
+        fn()
+    probe = max((timer(fn) for fn in candidates.values()), default=0.0)
+    rounds = 3 if probe * len(candidates) * 6 <= budget_seconds else 1
+    per_round = repetitions_for(probe * len(candidates) * rounds, budget_seconds, minimum=2, maximum=60)
     samples = {name: [] for name in candidates}
-    for _ in range(reps):
+    for _ in range(rounds):
         for name, fn in candidates.items():
-            samples[name].append(timer(fn))
+            fn()  # back into this candidate's steady state
+            samples[name].extend(timer(fn) for _ in range(per_round))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -40,30 +40,34 @@ class GroupBits {
 template <int kOperands, typename Apply>
 void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Apply& apply) {
   const int64_t group_stride = layout.inner_stride(kOperands - 1);
-  parallel_runs(layout, numel, [&](const int64_t* offsets, int64_t count, int64_t) {
-    const uint64_t first_group = static_cast<uint64_t>(offsets[kOperands - 1]);
-    GroupBits group_bits(rng);
-    if (group_stride == 0) {  // one group for the whole run (NCHW channels, samples)
-      const uint16_t bits = static_cast<uint16_t>(group_bits(first_group));
-      apply(offsets, 0, count, &bits, true);
-      return;
-    }
+  at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
+    GroupBits group_bits(rng);  // one per thread's range: neighbouring runs share Philox blocks
     alignas(64) uint16_t bits[kBitsChunk + 2 * kElementsPerBlock];
-    for (int64_t done = 0; done < count; done += kBitsChunk) {
-      const int64_t n = std::min(kBitsChunk, count - done);
-      const uint64_t group = first_group + static_cast<uint64_t>(done * group_stride);
-      const uint16_t* run_bits = bits;
-      if (group_stride == 1) {  // consecutive groups (channels_last): whole blocks at SIMD speed
-        const uint64_t first_block = group / kElementsPerBlock;
-        const uint64_t last_block = (group + n - 1) / kElementsPerBlock;
-        fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1),
-                          bits);
-        run_bits = bits + (group - first_block * kElementsPerBlock);
-      } else {
-        for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(group_bits(group + i * group_stride));
+    LogicalCursor<kOperands> cursor;
+    cursor.seek(layout, begin);
+    walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t) {
+      const uint64_t first_group = static_cast<uint64_t>(offsets[kOperands - 1]);
+      if (group_stride == 0) {  // one group for the whole run (NCHW channels, samples)
+        const uint16_t run_bits = static_cast<uint16_t>(group_bits(first_group));
+        apply(offsets, 0, count, &run_bits, true);
+        return;
       }
-      apply(offsets, done, n, run_bits, false);
-    }
+      for (int64_t done = 0; done < count; done += kBitsChunk) {
+        const int64_t n = std::min(kBitsChunk, count - done);
+        const uint64_t group = first_group + static_cast<uint64_t>(done * group_stride);
+        const uint16_t* run_bits = bits;
+        if (group_stride == 1) {  // consecutive groups (channels_last): whole blocks at SIMD speed
+          const uint64_t first_block = group / kElementsPerBlock;
+          const uint64_t last_block = (group + n - 1) / kElementsPerBlock;
+          fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1),
+                            bits);
+          run_bits = bits + (group - first_block * kElementsPerBlock);
+        } else {
+          for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(group_bits(group + i * group_stride));
+        }
+        apply(offsets, done, n, run_bits, false);
+      }
+    });
   });
 }
 

@@ -1,6 +1,8 @@
 // The per-run loops every CPU dropout kernel ends in: apply a variant's
 // DropoutFactors to `count` elements, with per-element decisions (16-bit
 // contract values against a threshold) or one decision for the whole run.
+// Factors travel by value: a reference could alias the output, and the
+// compiler would then reload them every element instead of vectorizing.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -16,7 +18,7 @@ namespace fastdrop::cpu {
 template <bool kAffine, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void transform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                                            const uint16_t* bits, int64_t count, uint32_t threshold,
-                                           const DropoutFactors<scalar_t>& factors) {
+                                           DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], is_kept(bits[i], threshold), factors);
   }
@@ -25,7 +27,7 @@ FASTDROP_ALWAYS_INLINE void transform_loop(scalar_t* out, int64_t out_stride, co
 template <bool kAffine, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void transform_uniform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in,
                                                    int64_t in_stride, int64_t count, bool kept,
-                                                   const DropoutFactors<scalar_t>& factors) {
+                                                   DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], kept, factors);
   }
@@ -36,7 +38,7 @@ template <bool kBias, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                                              const scalar_t* residual, int64_t residual_stride, const scalar_t* bias,
                                              int64_t bias_stride, const uint16_t* bits, int64_t count,
-                                             uint32_t threshold, const DropoutFactors<scalar_t>& factors) {
+                                             uint32_t threshold, DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     scalar_t value = in[i * in_stride];
     if constexpr (kBias) value = add_elements(value, bias[i * bias_stride]);
@@ -50,7 +52,7 @@ FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, 
 template <typename scalar_t>
 FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                                              const scalar_t* residual, int64_t residual_stride, int64_t count,
-                                             bool kept, const DropoutFactors<scalar_t>& factors) {
+                                             bool kept, DropoutFactors<scalar_t> factors) {
   if (!kept) {
     for (int64_t i = 0; i < count; ++i) out[i * out_stride] = residual[i * residual_stride];
     return;
@@ -64,20 +66,20 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
 // Unit-stride versions, compiled for several ISAs (transform_cpu.cpp).
 #define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
   void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
-                            uint32_t threshold, bool affine, const DropoutFactors<scalar_t>& factors);           \
+                            uint32_t threshold, bool affine, DropoutFactors<scalar_t> factors);           \
   void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,     \
-                                    const DropoutFactors<scalar_t>& factors);                                    \
+                                    DropoutFactors<scalar_t> factors);                                    \
   void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,  \
                               const uint16_t* bits, int64_t count, uint32_t threshold,                           \
-                              const DropoutFactors<scalar_t>& factors);                                          \
+                              DropoutFactors<scalar_t> factors);                                          \
   void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count,         \
-                              bool kept, const DropoutFactors<scalar_t>& factors);
+                              bool kept, DropoutFactors<scalar_t> factors);
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
 
 template <typename scalar_t>
 void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const uint16_t* bits,
-                   int64_t count, uint32_t threshold, bool affine, const DropoutFactors<scalar_t>& factors) {
+                   int64_t count, uint32_t threshold, bool affine, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1) {
     transform_contiguous(out, in, bits, count, threshold, affine, factors);
   } else if (affine) {
@@ -89,7 +91,7 @@ void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_
 
 template <typename scalar_t>
 void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, int64_t count,
-                           bool kept, bool affine, const DropoutFactors<scalar_t>& factors) {
+                           bool kept, bool affine, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1) {
     transform_uniform_contiguous(out, in, count, kept, affine, factors);
   } else if (affine) {
@@ -104,7 +106,7 @@ template <typename scalar_t>
 void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                      const scalar_t* residual, int64_t residual_stride, const scalar_t* bias, int64_t bias_stride,
                      const uint16_t* bits, int64_t count, uint32_t threshold,
-                     const DropoutFactors<scalar_t>& factors) {
+                     DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1 && (bias == nullptr || bias_stride == 1)) {
     add_dropout_contiguous(out, in, residual, bias, bits, count, threshold, factors);
   } else if (bias != nullptr) {
@@ -119,7 +121,7 @@ void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int6
 template <typename scalar_t>
 void add_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                      const scalar_t* residual, int64_t residual_stride, int64_t count, bool kept,
-                     const DropoutFactors<scalar_t>& factors) {
+                     DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1) {
     add_uniform_contiguous(out, in, residual, count, kept, factors);
   } else {

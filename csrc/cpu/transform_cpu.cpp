@@ -7,7 +7,7 @@ namespace fastdrop::cpu {
 #define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                            \
   FASTDROP_CPU_CLONES void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits,          \
                                                 int64_t count, uint32_t threshold, bool affine,                   \
-                                                const DropoutFactors<scalar_t>& factors) {                        \
+                                                DropoutFactors<scalar_t> factors) {                        \
     if (affine) {                                                                                                 \
       transform_loop<true>(out, 1, in, 1, bits, count, threshold, factors);                                       \
     } else {                                                                                                      \
@@ -16,7 +16,7 @@ namespace fastdrop::cpu {
   }                                                                                                               \
   FASTDROP_CPU_CLONES void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count,         \
                                                         bool kept, bool affine,                                   \
-                                                        const DropoutFactors<scalar_t>& factors) {                \
+                                                        DropoutFactors<scalar_t> factors) {                \
     if (affine) {                                                                                                 \
       transform_uniform_loop<true>(out, 1, in, 1, count, kept, factors);                                          \
     } else {                                                                                                      \
@@ -25,7 +25,7 @@ namespace fastdrop::cpu {
   }                                                                                                               \
   FASTDROP_CPU_CLONES void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,     \
                                                   const scalar_t* bias, const uint16_t* bits, int64_t count,      \
-                                                  uint32_t threshold, const DropoutFactors<scalar_t>& factors) {  \
+                                                  uint32_t threshold, DropoutFactors<scalar_t> factors) {  \
     if (bias != nullptr) {                                                                                        \
       add_dropout_loop<true>(out, 1, in, 1, residual, 1, bias, 1, bits, count, threshold, factors);              \
     } else {                                                                                                      \
@@ -34,7 +34,7 @@ namespace fastdrop::cpu {
   }                                                                                                               \
   FASTDROP_CPU_CLONES void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,     \
                                                   int64_t count, bool kept,                                       \
-                                                  const DropoutFactors<scalar_t>& factors) {                      \
+                                                  DropoutFactors<scalar_t> factors) {                      \
     add_uniform_loop(out, 1, in, 1, residual, 1, count, kept, factors);                                           \
   }
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS)

@@ -1,0 +1,160 @@
+"""Every op the benchmark measures: its inputs, fastdrop's call, the peers it
+replaces, and the bytes it must move (each input read once, each output
+written once; benchmarks/README.md explains each count)."""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import fastdrop
+
+from . import peers
+
+FD = fastdrop.functional
+P = 0.1  # the drop probability of every case: a common choice in practice
+
+
+@dataclass
+class Op:
+    name: str
+    family: str
+    shape: Callable[[int], tuple]  # numel -> input shape
+    inputs: Callable[[tuple, torch.dtype, torch.device], tuple]  # the float tensors the call takes
+    fastdrop: Callable
+    peers: dict[str, Callable]
+    # (forward bytes, backward bytes) per element of the main input, in units of the element size
+    traffic: tuple[float, float]
+    differentiable: tuple[int, ...] = field(default=(0,))  # which inputs get gradients
+
+    def bytes_moved(self, numel, itemsize, direction):
+        forward, backward = self.traffic
+        return numel * itemsize * (forward if direction == "fwd" else forward + backward)
+
+
+def flat(numel):
+    return (numel,)
+
+
+def images(numel):
+    """(N, 64, 16, 16) activations, as after a convolution: channel dropout's input."""
+    return (max(1, numel // (64 * 16 * 16)), 64, 16, 16)
+
+
+def tokens(numel):
+    """(B, 64, 64): B samples of 64 tokens of width 64, a transformer's residual stream."""
+    return (max(1, numel // 4096), 64, 64)
+
+
+def rows(numel):
+    """(T, 1024): T tokens of a hidden size of 1024, Megatron's layout for its epilogue."""
+    return (max(1, numel // 1024), 1024)
+
+
+def one(shape, dtype, device):
+    return (torch.randn(shape, dtype=dtype, device=device),)
+
+
+def two(shape, dtype, device):
+    return (torch.randn(shape, dtype=dtype, device=device), torch.randn(shape, dtype=dtype, device=device))
+
+
+def x_bias_residual(shape, dtype, device):
+    return (
+        torch.randn(shape, dtype=dtype, device=device),
+        torch.randn(shape[-1], dtype=dtype, device=device),
+        torch.randn(shape, dtype=dtype, device=device),
+    )
+
+
+OPS = [
+    Op(
+        "dropout",
+        "element-wise dropout",
+        flat,
+        one,
+        lambda x: FD.dropout(x, P),
+        {"torch": lambda x: F.dropout(x, P)},
+        (2, 2),
+    ),
+    Op(
+        "alpha_dropout",
+        "element-wise dropout",
+        flat,
+        one,
+        lambda x: FD.alpha_dropout(x, P, training=True),
+        {"torch": lambda x: F.alpha_dropout(x, P, training=True)},
+        (2, 2),
+    ),
+    Op(
+        "dropout2d",
+        "feature-wise dropout",
+        images,
+        one,
+        lambda x: FD.dropout2d(x, P),
+        {"torch": lambda x: F.dropout2d(x, P)},
+        (2, 2),
+    ),
+    Op(
+        "feature_alpha_dropout",
+        "feature-wise dropout",
+        images,
+        one,
+        lambda x: FD.feature_alpha_dropout(x, P, training=True),
+        {"torch": lambda x: F.feature_alpha_dropout(x, P, training=True)},
+        (2, 2),
+    ),
+    Op(
+        "drop_path",
+        "drop path",
+        tokens,
+        one,
+        lambda x: FD.drop_path(x, P, training=True),
+        {
+            "timm": lambda x: peers.timm_drop_path(x, P),
+            "torchvision": lambda x: peers.torchvision_stochastic_depth(x, P, "row"),
+        },
+        (2, 2),
+    ),
+    Op(
+        "drop_path_add",
+        "drop path",
+        tokens,
+        two,
+        lambda r, x: FD.drop_path_add(r, x, P),
+        {
+            "timm": lambda r, x: peers.timm_drop_path_add(r, x, P),
+            "torchvision": lambda r, x: peers.torchvision_stochastic_depth_add(r, x, P),
+        },
+        # forward: read residual and branch, write the sum; backward: read the
+        # gradient, write the branch's (the residual's is the gradient itself).
+        (3, 2),
+        differentiable=(0, 1),
+    ),
+    Op(
+        "dropout_add",
+        "residual epilogues",
+        rows,
+        two,
+        lambda r, x: FD.dropout_add(r, x, P),
+        {"torch": lambda r, x: peers.eager_dropout_add(r, x, P)},
+        (3, 2),
+        differentiable=(0, 1),
+    ),
+    Op(
+        "bias_dropout_add",
+        "residual epilogues",
+        rows,
+        x_bias_residual,
+        lambda x, b, r: FD.bias_dropout_add(x, b, r, P),
+        {"Megatron": lambda x, b, r: peers.megatron_bias_dropout_add(x, b, r, P)},
+        # backward: read the gradient, write the input's; the bias reduction
+        # reads it once more (fastdrop leaves that reduction to torch).
+        (3, 2),
+        differentiable=(0, 1, 2),
+    ),
+]
+
+OPS_BY_NAME = {op.name: op for op in OPS}
+FAMILIES = list(dict.fromkeys(op.family for op in OPS))

@@ -1,0 +1,45 @@
+"""What a user runs today instead of each fastdrop op: the torch op it replaces,
+or the composition timm, torchvision and Megatron-LM write in torch ops."""
+
+import torch
+import torch.nn.functional as F
+
+
+def timm_drop_path(x, drop_prob, training=True, scale_by_keep=True):
+    """timm.layers.drop_path: a (B, 1, ..., 1) Bernoulli draw, divided by keep, multiplied in."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    noise = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and scale_by_keep:
+        noise.div_(keep_prob)
+    return x * noise
+
+
+def torchvision_stochastic_depth(x, p, mode="row", training=True):
+    """torchvision.ops.stochastic_depth: as timm's, or one draw for the whole batch."""
+    if not training or p == 0.0:
+        return x
+    survival_rate = 1.0 - p
+    size = [x.shape[0]] + [1] * (x.ndim - 1) if mode == "row" else [1] * x.ndim
+    noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival_rate)
+    if survival_rate > 0.0:
+        noise.div_(survival_rate)
+    return x * noise
+
+
+def timm_drop_path_add(residual, branch, p):
+    return residual + timm_drop_path(branch, p)
+
+
+def torchvision_stochastic_depth_add(residual, branch, p):
+    return residual + torchvision_stochastic_depth(branch, p, "row")
+
+
+def eager_dropout_add(residual, x, p):
+    return residual + F.dropout(x, p)
+
+
+def megatron_bias_dropout_add(x, bias, residual, p):
+    """Megatron-LM's bias_dropout_add, unfused: residual + dropout(x + bias)."""
+    return residual + F.dropout(x + bias, p)
