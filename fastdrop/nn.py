@@ -21,7 +21,17 @@ __all__ = [
 ]
 
 
-class _FastdropMixin:
+class _NotScriptable:
+    def __prepare_scriptable__(self):
+        # torch.jit.script would otherwise fail deep inside fastdrop.functional.
+        raise RuntimeError(
+            f"{type(self).__name__} (fastdrop) cannot be compiled with torch.jit.script. Use torch.compile, "
+            "which supports fastdrop with fullgraph=True, or torch.jit.trace, which records fastdrop's ops; "
+            "fastdrop.nn modules subclass torch's, so a copy of the model with torch's modules scripts as usual."
+        )
+
+
+class _FastdropMixin(_NotScriptable):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         # Before torch's own check, which lets NaN through.
         F._check_probability(p)
@@ -70,7 +80,7 @@ class FeatureAlphaDropout(_FastdropMixin, torch.nn.FeatureAlphaDropout):
         return F.feature_alpha_dropout(input, self.p, self.training)
 
 
-class DropPath(torch.nn.Module):
+class DropPath(_NotScriptable, torch.nn.Module):
     """timm's DropPath (same constructor, attributes and repr): per-sample stochastic depth."""
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
@@ -85,7 +95,7 @@ class DropPath(torch.nn.Module):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
 
 
-class StochasticDepth(torch.nn.Module):
+class StochasticDepth(_NotScriptable, torch.nn.Module):
     """torchvision's StochasticDepth (same constructor, attributes and repr); mode "row" or "batch"."""
 
     def __init__(self, p: float, mode: str) -> None:
@@ -100,7 +110,7 @@ class StochasticDepth(torch.nn.Module):
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
 
 
-class StochasticDepthBlock(torch.nn.Module):
+class StochasticDepthBlock(_NotScriptable, torch.nn.Module):
     """shortcut(x) + drop_path(branch(x)), fused through drop_path_add.
 
     The shortcut (identity when None, or a projection) is never dropped. In

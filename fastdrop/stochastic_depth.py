@@ -8,11 +8,12 @@ which extract low-level features, are almost always kept.
 import torch
 
 from . import functional as F
+from .nn import _NotScriptable
 
 __all__ = ["add_stochastic_depth", "ResidualBlockWithStochasticDepth"]
 
 
-class ResidualBlockWithStochasticDepth(torch.nn.Module):
+class ResidualBlockWithStochasticDepth(_NotScriptable, torch.nn.Module):
     """A torchvision-style BasicBlock or Bottleneck whose residual add is drop_path_add.
 
     It holds the block's own submodules under their own names, so the state

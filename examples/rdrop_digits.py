@@ -1,0 +1,77 @@
+"""R-Drop with fastdrop: the same dropout MLP trained with plain cross-entropy and
+with fastdrop.losses.rdrop_loss, which pulls two dropout passes of each batch
+towards each other (Liang et al., 2021). The batch is duplicated and run through
+one forward, so both passes cost one call of each fastdrop kernel.
+
+A small, wide network on 300 training images overfits; R-Drop regularises it:
+compare the train/test gap and the test accuracy.
+
+    python examples/rdrop_digits.py [--epochs 60] [--seeds 5] [--alpha 1.0]
+"""
+
+import argparse
+
+import torch
+from torch import nn
+
+import fastdrop
+from digits_data import accuracy, load_digits_split, mean_std
+
+
+def mlp():
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 512), nn.ReLU(), fastdrop.nn.Dropout(0.3),
+        nn.Linear(512, 512), nn.ReLU(), fastdrop.nn.Dropout(0.3),
+        nn.Linear(512, 10),
+    )
+
+
+def train(data, epochs, seed, alpha, train_size=300, batch=50):
+    x_train, y_train, x_test, y_test = data
+    x_train, y_train = x_train[:train_size], y_train[:train_size]
+    torch.manual_seed(seed)
+    model = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        for i in range(0, len(order), batch):
+            x, y = x_train[order[i : i + batch]], y_train[order[i : i + batch]]
+            if alpha is None:
+                loss = nn.functional.cross_entropy(model(x), y)
+            else:
+                logits1, logits2 = model(torch.cat([x, x])).chunk(2)
+                loss = fastdrop.losses.rdrop_loss(logits1, logits2, y, alpha)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return accuracy(model, x_train, y_train), accuracy(model, x_test, y_test)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    data = load_digits_split()
+    print(f"MLP with fastdrop.nn.Dropout(0.3) on 300 digits, {args.epochs} epochs, "
+          f"seeds 0..{args.seeds - 1}; mean +- std over seeds\n")
+    print("| loss | train accuracy | test accuracy | train - test |")
+    print("|---|---|---|---|")
+    results = {}
+    for name, alpha in (("cross-entropy", None), (f"R-Drop (alpha={args.alpha:g})", args.alpha)):
+        runs = [train(data, args.epochs, seed, alpha) for seed in range(args.seeds)]
+        train_acc = mean_std([r[0] for r in runs])
+        test_acc = mean_std([r[1] for r in runs])
+        gap = mean_std([r[0] - r[1] for r in runs])
+        results[name] = test_acc[0]
+        print(f"| {name} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | {test_acc[0]:.4f} +- {test_acc[1]:.4f} | "
+              f"{gap[0]:.4f} +- {gap[1]:.4f} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
