@@ -125,7 +125,7 @@ def main(argv=None):
         raise SystemExit("--device cuda: no CUDA device is visible")
     if args.quick:
         dtypes = [DTYPES[name] for name in (args.dtype or ["float32"])]
-        exps = [args.min_exp, 20] if device.type == "cpu" else [20, 24]
+        exps = sorted({args.min_exp, 20}) if device.type == "cpu" else [20, 24]
         budget = 0.1
     else:
         dtypes = [DTYPES[name] for name in (args.dtype or ["float32", "bfloat16"])]

@@ -1,5 +1,8 @@
-"""scikit-learn's handwritten digits: 1797 8x8 images of 10 classes that ship
-inside the package, so the examples run offline. A fixed 75/25 split."""
+"""scikit-learn's handwritten digits (1797 8x8 images of 10 classes that ship
+inside the package, so the examples run offline), a fixed 75/25 split, and the
+training loop the examples share."""
+
+import time
 
 import numpy as np
 import torch
@@ -31,3 +34,31 @@ def accuracy(model, images, labels, batch=512):
 def mean_std(values):
     values = torch.tensor(values, dtype=torch.float64)
     return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
+
+
+def cross_entropy(model, x, y):
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def train(model, optimizer, data, epochs, seed, loss=cross_entropy, batch=64, scheduler=None):
+    """Trains on the training split in an order drawn from `seed`.
+
+    Returns (train accuracy, test accuracy, median seconds per epoch).
+    """
+    x_train, y_train, x_test, y_test = data
+    order_generator = torch.Generator().manual_seed(seed)
+    seconds = []
+    for _ in range(epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(y_train), generator=order_generator)
+        for i in range(0, len(order), batch):
+            index = order[i : i + batch]
+            value = loss(model, x_train[index], y_train[index])
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        seconds.append(time.perf_counter() - started)
+    return accuracy(model, x_train, y_train), accuracy(model, x_test, y_test), sorted(seconds)[len(seconds) // 2]

@@ -11,13 +11,12 @@ upsampled from 8x8 to LeNet's 32x32.
 """
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 import fastdrop
-from digits_data import accuracy, load_digits_split, mean_std
+from digits_data import load_digits_split, mean_std, train
 
 CONFIGURATIONS = {
     "none": (False, False),
@@ -44,25 +43,6 @@ def lenet5(fc_dropout, conv_dropout):
     )
 
 
-def train(model, data, epochs, seed, batch=64):
-    x_train, y_train, x_test, y_test = data
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    epoch_seconds = []
-    for _ in range(epochs):
-        model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            index = order[i : i + batch]
-            loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        epoch_seconds.append(time.perf_counter() - started)
-    return accuracy(model, x_train, y_train), accuracy(model, x_test, y_test), sorted(epoch_seconds)[len(epoch_seconds) // 2]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
@@ -82,7 +62,8 @@ def main(argv=None):
                 model = lenet5(fc, conv)  # identical initial weights for both implementations
                 if implementation == "fastdrop":
                     model = fastdrop.replace_dropout(model)
-                runs.append(train(model, data, args.epochs, seed))
+                optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+                runs.append(train(model, optimizer, data, args.epochs, seed))
             train_acc, test_acc, seconds = (mean_std([run[i] for run in runs]) for i in range(3))
             results[(name, implementation)] = test_acc[0]
             print(f"| {name} | {implementation} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | "

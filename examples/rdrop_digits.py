@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastdrop
-from digits_data import accuracy, load_digits_split, mean_std
+from digits_data import cross_entropy, load_digits_split, mean_std, train
 
 
 def mlp():
@@ -27,27 +27,23 @@ def mlp():
     )
 
 
-def train(data, epochs, seed, alpha, train_size=300, batch=50):
+def rdrop(alpha):
+    def loss(model, x, y):
+        # One forward of the batch twice over: the halves see different dropout masks.
+        logits1, logits2 = model(torch.cat([x, x])).chunk(2)
+        return fastdrop.losses.rdrop_loss(logits1, logits2, y, alpha)
+
+    return loss
+
+
+def run(data, epochs, seed, alpha, train_size=300):
     x_train, y_train, x_test, y_test = data
-    x_train, y_train = x_train[:train_size], y_train[:train_size]
+    small = (x_train[:train_size], y_train[:train_size], x_test, y_test)
     torch.manual_seed(seed)
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            x, y = x_train[order[i : i + batch]], y_train[order[i : i + batch]]
-            if alpha is None:
-                loss = nn.functional.cross_entropy(model(x), y)
-            else:
-                logits1, logits2 = model(torch.cat([x, x])).chunk(2)
-                loss = fastdrop.losses.rdrop_loss(logits1, logits2, y, alpha)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return accuracy(model, x_train, y_train), accuracy(model, x_test, y_test)
+    loss = cross_entropy if alpha is None else rdrop(alpha)
+    return train(model, optimizer, small, epochs, seed, loss, batch=50)[:2]
 
 
 def main(argv=None):
@@ -63,7 +59,7 @@ def main(argv=None):
     print("|---|---|---|---|")
     results = {}
     for name, alpha in (("cross-entropy", None), (f"R-Drop (alpha={args.alpha:g})", args.alpha)):
-        runs = [train(data, args.epochs, seed, alpha) for seed in range(args.seeds)]
+        runs = [run(data, args.epochs, seed, alpha) for seed in range(args.seeds)]
         train_acc = mean_std([r[0] for r in runs])
         test_acc = mean_std([r[1] for r in runs])
         gap = mean_std([r[0] - r[1] for r in runs])

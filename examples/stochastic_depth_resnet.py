@@ -10,13 +10,12 @@ through fastdrop's fused drop_path_add.
 """
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 import fastdrop
-from digits_data import accuracy, load_digits_split, mean_std
+from digits_data import load_digits_split, mean_std, train
 
 
 class BasicBlock(nn.Module):
@@ -49,29 +48,14 @@ def resnet18(width=16):
     )
 
 
-def train(data, epochs, seed, drop_rate, batch=64):
-    x_train, y_train, x_test, y_test = data
+def run(data, epochs, seed, drop_rate):
     torch.manual_seed(seed)
     model = resnet18()
     if drop_rate:
         fastdrop.add_stochastic_depth(model, drop_rate)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    generator = torch.Generator().manual_seed(seed)
-    seconds = []
-    for _ in range(epochs):
-        model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            index = order[i : i + batch]
-            loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        seconds.append(time.perf_counter() - started)
-    return accuracy(model, x_train, y_train), accuracy(model, x_test, y_test), sorted(seconds)[len(seconds) // 2]
+    return train(model, optimizer, data, epochs, seed, scheduler=scheduler)
 
 
 def main(argv=None):
@@ -87,7 +71,7 @@ def main(argv=None):
     print("|---|---|---|---|")
     results = {}
     for name, rate in (("plain", 0.0), (f"stochastic depth (drop_rate={args.drop_rate:g}, linear)", args.drop_rate)):
-        runs = [train(data, args.epochs, seed, rate) for seed in range(args.seeds)]
+        runs = [run(data, args.epochs, seed, rate) for seed in range(args.seeds)]
         train_acc, test_acc, seconds = (mean_std([run[i] for run in runs]) for i in range(3))
         results[name] = test_acc[0]
         print(f"| {name} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | {test_acc[0]:.4f} +- {test_acc[1]:.4f} | "

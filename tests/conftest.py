@@ -28,3 +28,16 @@ def dtype(request):
 def assert_identical(actual, expected):
     """Bit-for-bit agreement of values (NaN where NaN), dtype, shape and device."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def saved_bytes(fn, *inputs):
+    """Bytes autograd saves for backward while fn(*inputs) runs, the inputs themselves excluded."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(*inputs)
+    return sum(t.numel() * t.element_size() for t in saved if all(t is not i for i in inputs))

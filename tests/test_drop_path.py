@@ -6,7 +6,7 @@ import torch
 
 import fastdrop
 import torch_reference as ref
-from conftest import assert_identical, requires_cuda
+from conftest import assert_identical, requires_cuda, saved_bytes
 from contract_reference import keep_mask
 
 F = fastdrop.functional
@@ -245,13 +245,6 @@ def test_channels_last_residuals(device):
 
 
 # ------------------------------------------------- autograd, opcheck, compile ----
-
-
-def saved_bytes(fn, *inputs):
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        fn(*inputs)
-    return sum(t.numel() * t.element_size() for t in saved if all(t is not i for i in inputs))
 
 
 def test_fused_forms_save_sixteen_bytes(device):

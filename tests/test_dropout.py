@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import fastdrop
-from conftest import assert_identical
+from conftest import assert_identical, saved_bytes
 from contract_reference import keep_mask
 
 F = fastdrop.functional
@@ -166,19 +166,6 @@ def test_inplace_gradient_is_correct(device):
     out.backward(grad)
     mask = out.detach() != 0
     assert_identical(base.grad, 3 * scale_by_mask(grad, mask, 0.5))
-
-
-def saved_bytes(fn, x):
-    """Bytes autograd saves for backward while fn(x) runs."""
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn(x)
-    return sum(t.numel() * t.element_size() for t in saved if t is not x)
 
 
 def test_saves_sixteen_bytes_per_call_not_a_mask(device):

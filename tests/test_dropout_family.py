@@ -11,7 +11,7 @@ import torch.nn.functional as torch_F
 
 import fastdrop
 import torch_reference as ref
-from conftest import assert_identical, requires_cuda
+from conftest import assert_identical, requires_cuda, saved_bytes
 
 F = fastdrop.functional
 ops = torch.ops.fastdrop
@@ -212,13 +212,6 @@ def test_gradcheck_and_gradgradcheck(device, name):
 
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
-
-
-def saved_bytes(fn, x):
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        fn(x)
-    return sum(t.numel() * t.element_size() for t in saved if t is not x)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
+#include "../entry_points.h"
 #include "element_walk.h"
 #include "op_helpers.h"
 #include "transform.h"
@@ -68,44 +69,6 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> dropout(const at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return forward_op("dropout", input, p, generator, elementwise_kernel(Variant::kDropout, p));
-}
-
-at::Tensor dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return inplace_op("dropout_", input, p, generator, elementwise_kernel(Variant::kDropout, p));
-}
-
-at::Tensor dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  return backward_op("dropout_backward", grad, rng_state, p, elementwise_kernel(Variant::kDropout, p));
-}
-
-std::tuple<at::Tensor, at::Tensor> alpha_dropout(const at::Tensor& input, double p,
-                                                 std::optional<at::Generator> generator) {
-  return forward_op("alpha_dropout", input, p, generator, elementwise_kernel(Variant::kAlphaDropout, p));
-}
-
-at::Tensor alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return inplace_op("alpha_dropout_", input, p, generator, elementwise_kernel(Variant::kAlphaDropout, p));
-}
-
-at::Tensor alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  return backward_op("alpha_dropout_backward", grad, rng_state, p,
-                     elementwise_kernel(Variant::kAlphaDropoutGradient, p));
-}
-
-std::tuple<at::Tensor, at::Tensor> dropout_add(const at::Tensor& residual, const at::Tensor& input, double p,
-                                               std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", input, "input", "dropout_add");
-  return forward_op("dropout_add", input, p, generator, add_dropout_kernel(residual, at::Tensor(), p), residual);
-}
-
-std::tuple<at::Tensor, at::Tensor> bias_dropout_add(const at::Tensor& input, const at::Tensor& bias,
-                                                    const at::Tensor& residual, double p,
-                                                    std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", input, "input", "bias_dropout_add");
-  check_bias(input, bias, "bias_dropout_add");
-  return forward_op("bias_dropout_add", input, p, generator, add_dropout_kernel(residual, bias, p), residual);
-}
+FASTDROP_ELEMENTWISE_ENTRY_POINTS
 
 }  // namespace fastdrop::cpu

@@ -7,6 +7,7 @@
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
+#include "../entry_points.h"
 #include "element_walk.h"
 #include "op_helpers.h"
 #include "transform.h"
@@ -131,78 +132,8 @@ auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_ke
   };
 }
 
-void check_feature_input(const at::Tensor& input) {
-  TORCH_CHECK(input.dim() >= 2, "Feature dropout requires at least 2 dimensions in the input");
-}
-
-constexpr int64_t kChannelGroups = 2;  // (n, c)
-
-Variant drop_path_variant(bool scale_by_keep) {
-  return scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled;
-}
-
-int64_t drop_path_groups(const at::Tensor& input, bool per_sample) {
-  TORCH_CHECK(!per_sample || input.dim() >= 1, "fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor");
-  return per_sample ? 1 : 0;
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> feature_dropout(const at::Tensor& input, double p,
-                                                   std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return forward_op("feature_dropout", input, p, generator,
-                    grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return inplace_op("feature_dropout_", input, p, generator,
-                    grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  check_feature_input(grad);
-  return backward_op("feature_dropout_backward", grad, rng_state, p,
-                     grouped_kernel(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-std::tuple<at::Tensor, at::Tensor> feature_alpha_dropout(const at::Tensor& input, double p,
-                                                         std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return forward_op("feature_alpha_dropout", input, p, generator,
-                    grouped_kernel(Variant::kAlphaDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return inplace_op("feature_alpha_dropout_", input, p, generator,
-                    grouped_kernel(Variant::kAlphaDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  check_feature_input(grad);
-  return backward_op("feature_alpha_dropout_backward", grad, rng_state, p,
-                     grouped_kernel(Variant::kAlphaDropoutGradient, p, kChannelGroups));
-}
-
-std::tuple<at::Tensor, at::Tensor> drop_path(const at::Tensor& input, double p, bool scale_by_keep, bool per_sample,
-                                             std::optional<at::Generator> generator) {
-  return forward_op("drop_path", input, p, generator,
-                    grouped_kernel(drop_path_variant(scale_by_keep), p, drop_path_groups(input, per_sample)));
-}
-
-at::Tensor drop_path_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p, bool scale_by_keep,
-                              bool per_sample) {
-  return backward_op("drop_path_backward", grad, rng_state, p,
-                     grouped_kernel(drop_path_variant(scale_by_keep), p, drop_path_groups(grad, per_sample)));
-}
-
-std::tuple<at::Tensor, at::Tensor> drop_path_add(const at::Tensor& residual, const at::Tensor& branch, double p,
-                                                 bool scale_by_keep, std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", branch, "branch", "drop_path_add");
-  drop_path_groups(branch, true);
-  return forward_op("drop_path_add", branch, p, generator, drop_path_add_kernel(residual, p, scale_by_keep), residual);
-}
+FASTDROP_GROUPED_ENTRY_POINTS
 
 }  // namespace fastdrop::cpu

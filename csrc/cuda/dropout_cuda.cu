@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
+#include "../entry_points.h"
 #include "op_helpers.cuh"
 
 namespace fastdrop::cuda {
@@ -131,7 +132,7 @@ int blocks_for(int64_t numel) {
 }
 
 // The kernel behind dropout and alpha dropout, forward and backward.
-auto elementwise_launcher(Variant variant, double p) {
+auto elementwise_kernel(Variant variant, double p) {
   return [variant, p](const at::Tensor& input, at::Tensor& output, auto rng) {
     const uint32_t threshold = drop_threshold(p);
     const int64_t numel = input.numel();
@@ -162,7 +163,7 @@ auto elementwise_launcher(Variant variant, double p) {
 }
 
 // residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
-auto add_dropout_launcher(const at::Tensor& residual, const at::Tensor& bias, double p) {
+auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
   return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, auto rng) {
     const uint32_t threshold = drop_threshold(p);
     const int64_t numel = input.numel();
@@ -209,44 +210,6 @@ auto add_dropout_launcher(const at::Tensor& residual, const at::Tensor& bias, do
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> dropout(const at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return forward_op("dropout", input, p, generator, elementwise_launcher(Variant::kDropout, p));
-}
-
-at::Tensor dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return inplace_op("dropout_", input, p, generator, elementwise_launcher(Variant::kDropout, p));
-}
-
-at::Tensor dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  return backward_op("dropout_backward", grad, rng_state, p, elementwise_launcher(Variant::kDropout, p));
-}
-
-std::tuple<at::Tensor, at::Tensor> alpha_dropout(const at::Tensor& input, double p,
-                                                 std::optional<at::Generator> generator) {
-  return forward_op("alpha_dropout", input, p, generator, elementwise_launcher(Variant::kAlphaDropout, p));
-}
-
-at::Tensor alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  return inplace_op("alpha_dropout_", input, p, generator, elementwise_launcher(Variant::kAlphaDropout, p));
-}
-
-at::Tensor alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  return backward_op("alpha_dropout_backward", grad, rng_state, p,
-                     elementwise_launcher(Variant::kAlphaDropoutGradient, p));
-}
-
-std::tuple<at::Tensor, at::Tensor> dropout_add(const at::Tensor& residual, const at::Tensor& input, double p,
-                                               std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", input, "input", "dropout_add");
-  return forward_op("dropout_add", input, p, generator, add_dropout_launcher(residual, at::Tensor(), p), residual);
-}
-
-std::tuple<at::Tensor, at::Tensor> bias_dropout_add(const at::Tensor& input, const at::Tensor& bias,
-                                                    const at::Tensor& residual, double p,
-                                                    std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", input, "input", "bias_dropout_add");
-  check_bias(input, bias, "bias_dropout_add");
-  return forward_op("bias_dropout_add", input, p, generator, add_dropout_launcher(residual, bias, p), residual);
-}
+FASTDROP_ELEMENTWISE_ENTRY_POINTS
 
 }  // namespace fastdrop::cuda

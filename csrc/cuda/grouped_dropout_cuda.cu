@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
+#include "../entry_points.h"
 #include "op_helpers.cuh"
 
 namespace fastdrop::cuda {
@@ -34,7 +35,7 @@ struct GroupBits {
 // in memory order sits at offset i of each, and 16-byte loads apply.
 template <typename scalar_t, bool kAffine, bool kDense, typename Rng>
 __global__ void __launch_bounds__(kThreads)
-    grouped_kernel(const scalar_t* in, scalar_t* out, StridedLayout<3> layout, int64_t numel, Rng rng_source,
+    grouped_device_kernel(const scalar_t* in, scalar_t* out, StridedLayout<3> layout, int64_t numel, Rng rng_source,
                    uint32_t threshold, DropoutFactors<scalar_t> factors) {
   GroupBits group_bits{rng_source.load()};
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t, bool kDense, typename Rng>
 __global__ void __launch_bounds__(kThreads)
-    drop_path_add_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, StridedLayout<4> layout,
+    drop_path_add_device_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, StridedLayout<4> layout,
                          int64_t numel, Rng rng_source, uint32_t threshold, DropoutFactors<scalar_t> factors) {
   GroupBits group_bits{rng_source.load()};
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
@@ -120,7 +121,7 @@ bool dense_alike(const at::Tensor& output, std::initializer_list<const at::Tenso
   return true;
 }
 
-auto grouped_launcher(Variant variant, double p, int64_t group_dims) {
+auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
   return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, auto rng) {
     const uint32_t threshold = drop_threshold(p);
     const int64_t numel = input.numel();
@@ -136,10 +137,10 @@ auto grouped_launcher(Variant variant, double p, int64_t group_dims) {
         with_affine(is_affine(variant, p), [&](auto affine) {
           constexpr bool kAffine = decltype(affine)::value;
           if (dense) {
-            grouped_kernel<scalar_t, kAffine, true>
+            grouped_device_kernel<scalar_t, kAffine, true>
                 <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
           } else {
-            grouped_kernel<scalar_t, kAffine, false>
+            grouped_device_kernel<scalar_t, kAffine, false>
                 <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -149,7 +150,7 @@ auto grouped_launcher(Variant variant, double p, int64_t group_dims) {
   };
 }
 
-auto drop_path_add_launcher(const at::Tensor& residual, double p, bool scale_by_keep) {
+auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_keep) {
   return [&residual, p, scale_by_keep](const at::Tensor& branch, at::Tensor& output, auto rng) {
     const uint32_t threshold = drop_threshold(p);
     const int64_t numel = branch.numel();
@@ -164,10 +165,10 @@ auto drop_path_add_launcher(const at::Tensor& residual, double p, bool scale_by_
         const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         if (dense_alike(t[0], {&t[1], &t[2]})) {
-          drop_path_add_kernel<scalar_t, true>
+          drop_path_add_device_kernel<scalar_t, true>
               <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
         } else {
-          drop_path_add_kernel<scalar_t, false>
+          drop_path_add_device_kernel<scalar_t, false>
               <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -176,79 +177,8 @@ auto drop_path_add_launcher(const at::Tensor& residual, double p, bool scale_by_
   };
 }
 
-void check_feature_input(const at::Tensor& input) {
-  TORCH_CHECK(input.dim() >= 2, "Feature dropout requires at least 2 dimensions in the input");
-}
-
-constexpr int64_t kChannelGroups = 2;  // (n, c)
-
-Variant drop_path_variant(bool scale_by_keep) {
-  return scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled;
-}
-
-int64_t drop_path_groups(const at::Tensor& input, bool per_sample) {
-  TORCH_CHECK(!per_sample || input.dim() >= 1, "fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor");
-  return per_sample ? 1 : 0;
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> feature_dropout(const at::Tensor& input, double p,
-                                                   std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return forward_op("feature_dropout", input, p, generator,
-                    grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return inplace_op("feature_dropout_", input, p, generator,
-                    grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  check_feature_input(grad);
-  return backward_op("feature_dropout_backward", grad, rng_state, p,
-                     grouped_launcher(Variant::kFeatureDropout, p, kChannelGroups));
-}
-
-std::tuple<at::Tensor, at::Tensor> feature_alpha_dropout(const at::Tensor& input, double p,
-                                                         std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return forward_op("feature_alpha_dropout", input, p, generator,
-                    grouped_launcher(Variant::kAlphaDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_alpha_dropout_(at::Tensor& input, double p, std::optional<at::Generator> generator) {
-  check_feature_input(input);
-  return inplace_op("feature_alpha_dropout_", input, p, generator,
-                    grouped_launcher(Variant::kAlphaDropout, p, kChannelGroups));
-}
-
-at::Tensor feature_alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p) {
-  check_feature_input(grad);
-  return backward_op("feature_alpha_dropout_backward", grad, rng_state, p,
-                     grouped_launcher(Variant::kAlphaDropoutGradient, p, kChannelGroups));
-}
-
-std::tuple<at::Tensor, at::Tensor> drop_path(const at::Tensor& input, double p, bool scale_by_keep, bool per_sample,
-                                             std::optional<at::Generator> generator) {
-  return forward_op("drop_path", input, p, generator,
-                    grouped_launcher(drop_path_variant(scale_by_keep), p, drop_path_groups(input, per_sample)));
-}
-
-at::Tensor drop_path_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p, bool scale_by_keep,
-                              bool per_sample) {
-  return backward_op("drop_path_backward", grad, rng_state, p,
-                     grouped_launcher(drop_path_variant(scale_by_keep), p, drop_path_groups(grad, per_sample)));
-}
-
-std::tuple<at::Tensor, at::Tensor> drop_path_add(const at::Tensor& residual, const at::Tensor& branch, double p,
-                                                 bool scale_by_keep, std::optional<at::Generator> generator) {
-  check_same_tensors(residual, "residual", branch, "branch", "drop_path_add");
-  drop_path_groups(branch, true);
-  return forward_op("drop_path_add", branch, p, generator, drop_path_add_launcher(residual, p, scale_by_keep),
-                    residual);
-}
+FASTDROP_GROUPED_ENTRY_POINTS
 
 }  // namespace fastdrop::cuda
