@@ -19,20 +19,27 @@ def _rng_state_like(tensor):
     return tensor.new_empty((2,), dtype=torch.int64)
 
 
-def _forward_fake(input, p, generator=None):
-    return torch.empty_like(input), _rng_state_like(input)
-
-
-def _inplace_fake(input, p, generator=None):
-    return _rng_state_like(input)
-
-
-def _backward_fake(grad, rng_state, p):
-    return torch.empty_like(grad)
+def _check_feature_input(input):
+    if input.dim() < 2:
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
 
 
 def _register(name):
     backward_op = getattr(ops, f"{name}_backward")
+    # The C++ ops' shape check, for tracing with fake tensors.
+    check = _check_feature_input if name.startswith("feature") else (lambda input: None)
+
+    def forward_fake(input, p, generator=None):
+        check(input)
+        return torch.empty_like(input), _rng_state_like(input)
+
+    def inplace_fake(input, p, generator=None):
+        check(input)
+        return _rng_state_like(input)
+
+    def backward_fake(grad, rng_state, p):
+        check(grad)
+        return torch.empty_like(grad)
 
     def setup_forward(ctx, inputs, output):
         ctx.p = inputs[1]
@@ -55,9 +62,9 @@ def _register(name):
         (rng_state,) = ctx.saved_tensors
         return backward_op(grad_output, rng_state, ctx.p), None, None
 
-    torch.library.register_fake(f"fastdrop::{name}", _forward_fake)
-    torch.library.register_fake(f"fastdrop::{name}_", _inplace_fake)
-    torch.library.register_fake(f"fastdrop::{name}_backward", _backward_fake)
+    torch.library.register_fake(f"fastdrop::{name}", forward_fake)
+    torch.library.register_fake(f"fastdrop::{name}_", inplace_fake)
+    torch.library.register_fake(f"fastdrop::{name}_backward", backward_fake)
     torch.library.register_autograd(f"fastdrop::{name}", forward_grad, setup_context=setup_forward)
     torch.library.register_autograd(f"fastdrop::{name}_backward", backward_grad, setup_context=setup_backward)
 
@@ -66,7 +73,7 @@ for _name in VARIANTS:
     _register(_name)
 
 
-# ---------------------------------------------------------------- drop path ----
+# ------------------------------------------------ checks of the fused forms ----
 
 
 def _check_same(a, a_name, b, b_name, op):
@@ -95,6 +102,9 @@ def _check_bias(input, bias, op):
         raise RuntimeError(f"fastdrop.{op}: bias must be on the input's device ({input.device}), but got {bias.device}")
     if bias.dtype != input.dtype:
         raise RuntimeError(f"fastdrop.{op}: bias must have the input's dtype ({input.dtype}), but got {bias.dtype}")
+
+
+# ---------------------------------------------------------------- drop path ----
 
 
 @torch.library.register_fake("fastdrop::drop_path")

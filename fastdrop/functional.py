@@ -29,6 +29,12 @@ def _check_probability(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
+def _warn(message):
+    # torch.compile cannot trace warnings.warn (fullgraph would fail): eager only.
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=3)
+
+
 def _run(name, input, p, training, inplace, generator):
     _check_probability(p)
     if not training or p == 0.0 or input.numel() == 0:
@@ -93,22 +99,20 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
     """
     _check_probability(p)
     if input.dim() not in (3, 4):
-        warnings.warn(
+        _warn(
             f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
             "and will result in an error in a future release. To retain the behavior "
             "and silence this warning, please use dropout instead. Note that dropout2d "
             "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
-            stacklevel=2,
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs)."
         )
     if input.dim() == 3:
-        warnings.warn(
+        _warn(
             "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
             "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
             "is the channel dim. This behavior will change in a future release to interpret the "
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
-            "channel-wise dropout behavior, please switch to using dropout1d instead.",
-            stacklevel=2,
+            "channel-wise dropout behavior, please switch to using dropout1d instead."
         )
     return _run("feature_dropout", input, p, training, inplace, generator)
 
@@ -121,13 +125,12 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
     """
     _check_probability(p)
     if input.dim() not in (4, 5):
-        warnings.warn(
+        _warn(
             f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
             "and will result in an error in a future release. To retain the behavior "
             "and silence this warning, please use dropout instead. Note that dropout3d "
             "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
-            stacklevel=2,
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs)."
         )
     if input.dim() != 5:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)

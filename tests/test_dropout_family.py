@@ -304,3 +304,17 @@ def test_cpu_and_cuda_agree_bit_for_bit(dtype, name):
         grad = torch.randn_like(y)
         backward = getattr(ops, name + "_backward")
         assert_identical(backward(grad, rng_state, 0.3).cpu(), backward(grad.cpu(), rng_state.cpu(), 0.3))
+
+
+def test_compile_fullgraph_through_the_warning_paths():
+    # Inputs for which dropout2d / dropout3d warn in eager mode still compile whole.
+    def step(x):
+        return F.dropout2d(x, 0.3) + F.dropout3d(x, 0.3)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 6, 10)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        eager = step(x)
+    torch.manual_seed(0)
+    assert_identical(compiled(x), eager)
