@@ -101,6 +101,6 @@ inline int64_t drop_path_groups(const at::Tensor& input, bool per_sample) {
                                                    std::optional<at::Generator> generator) {                  \
     check_same_tensors(residual, "residual", branch, "branch", "drop_path_add");                              \
     drop_path_groups(branch, true);                                                                           \
-    return forward_op("drop_path_add", branch, p, generator, drop_path_add_kernel(residual, p, scale_by_keep), \
-                      residual);                                                                             \
+    return forward_op("drop_path_add", branch, p, generator,                                                 \
+                      drop_path_add_kernel(residual, drop_path_variant(scale_by_keep), p), residual);        \
   }

@@ -95,6 +95,13 @@ std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor,
   return make_layout<kOperands>(operands[0].sizes(), strides);
 }
 
+// Element-wise variants decide per logical index: the operands' own layout,
+// as a layout builder for with_layout.
+template <size_t kTensors>
+std::optional<StridedLayout<kTensors>> elementwise_layout(const std::array<at::Tensor, kTensors>& tensors) {
+  return make_layout<kTensors>(tensors);
+}
+
 // The dims of `tensor` ordered outermost to innermost in memory (by stride,
 // ties in logical order): walking a permuted layout in this order visits
 // memory sequentially.

@@ -36,6 +36,12 @@ def mean_std(values):
     return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
 
 
+def mean_std_text(values):
+    """'mean +- std' of values, as the examples' tables print it."""
+    mean, std = mean_std(values)
+    return f"{mean:.4f} +- {std:.4f}"
+
+
 def cross_entropy(model, x, y):
     return torch.nn.functional.cross_entropy(model(x), y)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import fastdrop
-from digits_data import load_digits_split, mean_std, train
+from digits_data import load_digits_split, mean_std, mean_std_text, train
 
 CONFIGURATIONS = {
     "none": (False, False),
@@ -64,10 +64,10 @@ def main(argv=None):
                     model = fastdrop.replace_dropout(model)
                 optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
                 runs.append(train(model, optimizer, data, args.epochs, seed))
-            train_acc, test_acc, seconds = (mean_std([run[i] for run in runs]) for i in range(3))
-            results[(name, implementation)] = test_acc[0]
-            print(f"| {name} | {implementation} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | "
-                  f"{test_acc[0]:.4f} +- {test_acc[1]:.4f} | {seconds[0]:.3f} |")
+            train_acc, test_acc, seconds = ([run[i] for run in runs] for i in range(3))
+            results[(name, implementation)] = mean_std(test_acc)[0]
+            print(f"| {name} | {implementation} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
+                  f"{mean_std(seconds)[0]:.3f} |")
     return results
 
 

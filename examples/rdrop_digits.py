@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastdrop
-from digits_data import cross_entropy, load_digits_split, mean_std, train
+from digits_data import cross_entropy, load_digits_split, mean_std, mean_std_text, train
 
 
 def mlp():
@@ -60,12 +60,10 @@ def main(argv=None):
     results = {}
     for name, alpha in (("cross-entropy", None), (f"R-Drop (alpha={args.alpha:g})", args.alpha)):
         runs = [run(data, args.epochs, seed, alpha) for seed in range(args.seeds)]
-        train_acc = mean_std([r[0] for r in runs])
-        test_acc = mean_std([r[1] for r in runs])
-        gap = mean_std([r[0] - r[1] for r in runs])
-        results[name] = test_acc[0]
-        print(f"| {name} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | {test_acc[0]:.4f} +- {test_acc[1]:.4f} | "
-              f"{gap[0]:.4f} +- {gap[1]:.4f} |")
+        train_acc, test_acc = [r[0] for r in runs], [r[1] for r in runs]
+        results[name] = mean_std(test_acc)[0]
+        print(f"| {name} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
+              f"{mean_std_text([r[0] - r[1] for r in runs])} |")
     return results
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastdrop
-from digits_data import load_digits_split, mean_std, train
+from digits_data import load_digits_split, mean_std, mean_std_text, train
 
 
 class BasicBlock(nn.Module):
@@ -72,10 +72,9 @@ def main(argv=None):
     results = {}
     for name, rate in (("plain", 0.0), (f"stochastic depth (drop_rate={args.drop_rate:g}, linear)", args.drop_rate)):
         runs = [run(data, args.epochs, seed, rate) for seed in range(args.seeds)]
-        train_acc, test_acc, seconds = (mean_std([run[i] for run in runs]) for i in range(3))
-        results[name] = test_acc[0]
-        print(f"| {name} | {train_acc[0]:.4f} +- {train_acc[1]:.4f} | {test_acc[0]:.4f} +- {test_acc[1]:.4f} | "
-              f"{seconds[0]:.2f} |")
+        train_acc, test_acc, seconds = ([run[i] for run in runs] for i in range(3))
+        results[name] = mean_std(test_acc)[0]
+        print(f"| {name} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | {mean_std(seconds)[0]:.2f} |")
     return results
 
 

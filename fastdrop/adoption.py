@@ -1,5 +1,6 @@
 """One-line adoption: fastdrop.replace_dropout(model)."""
 
+import functools
 import logging
 
 import torch
@@ -21,47 +22,44 @@ _TORCH_MODULES = {
 }
 
 
-def _class_of(module_path, name):
-    """A class from an optional package, or None where the package does not import."""
+# Optional packages' modules, matched by class where the package imports and by
+# name and attributes where it does not (or has an older layout):
+# (package, class name, attributes, fastdrop's replacement, how to build it).
+_PEER_MODULES = (
+    ("timm.layers", "DropPath", ("drop_prob",), fnn.DropPath,
+     lambda m: fnn.DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))),
+    ("torchvision.ops", "StochasticDepth", ("p", "mode"), fnn.StochasticDepth,
+     lambda m: fnn.StochasticDepth(m.p, m.mode)),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_of(package, name):
+    """A class from an optional package, or None where the package does not import.
+
+    Cached: a failed import is not, and would otherwise search sys.path again
+    for every module of the model."""
     try:
-        module = __import__(module_path, fromlist=[name])
+        module = __import__(package, fromlist=[name])
     except Exception:  # noqa: BLE001  (any import failure means: match by name instead)
         return None
     return getattr(module, name, None)
-
-
-def _is_timm_drop_path(module):
-    timm_class = _class_of("timm.layers", "DropPath")
-    if timm_class is not None and isinstance(module, timm_class):
-        return True
-    # By name and attributes where timm does not import (or is an older layout).
-    return (
-        type(module).__name__ == "DropPath"
-        and hasattr(module, "drop_prob")
-        and not isinstance(module, fnn.DropPath)
-    )
-
-
-def _is_torchvision_stochastic_depth(module):
-    torchvision_class = _class_of("torchvision.ops", "StochasticDepth")
-    if torchvision_class is not None and isinstance(module, torchvision_class):
-        return True
-    return (
-        type(module).__name__ == "StochasticDepth"
-        and hasattr(module, "p")
-        and hasattr(module, "mode")
-        and not isinstance(module, fnn.StochasticDepth)
-    )
 
 
 def _replacement(module):
     make = _TORCH_MODULES.get(type(module))
     if make is not None:
         return make(module)
-    if _is_timm_drop_path(module):
-        return fnn.DropPath(module.drop_prob, getattr(module, "scale_by_keep", True))
-    if _is_torchvision_stochastic_depth(module):
-        return fnn.StochasticDepth(module.p, module.mode)
+    for package, name, attributes, ours, make in _PEER_MODULES:
+        peer_class = _class_of(package, name)
+        if peer_class is not None and isinstance(module, peer_class):
+            return make(module)
+        if (
+            type(module).__name__ == name
+            and all(hasattr(module, attribute) for attribute in attributes)
+            and not isinstance(module, ours)
+        ):
+            return make(module)
     return None
 
 

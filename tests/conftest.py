@@ -5,8 +5,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The repository root, for the benchmark's measurements; last, so that an
+# installed fastdrop is not shadowed by the source tree.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import fastdrop  # noqa: E402,F401
+from benchmarks import measure  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
@@ -32,12 +36,4 @@ def assert_identical(actual, expected):
 
 def saved_bytes(fn, *inputs):
     """Bytes autograd saves for backward while fn(*inputs) runs, the inputs themselves excluded."""
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn(*inputs)
-    return sum(t.numel() * t.element_size() for t in saved if all(t is not i for i in inputs))
+    return measure.saved_bytes(fn, inputs)

@@ -13,11 +13,6 @@
 namespace fastdrop::cpu {
 namespace {
 
-template <size_t kTensors>
-std::optional<StridedLayout<kTensors>> elementwise_layout(const std::array<at::Tensor, kTensors>& tensors) {
-  return make_layout<kTensors>(tensors);
-}
-
 // The kernel behind dropout and alpha dropout, forward and backward.
 auto elementwise_kernel(Variant variant, double p) {
   return [variant, p](const at::Tensor& input, at::Tensor& output, RngState rng) {

@@ -28,16 +28,6 @@ void walk_runs(const StridedLayout<kOperands>& layout, LogicalCursor<kOperands>&
   }
 }
 
-// All elements, in parallel: run(offsets, count, index).
-template <int kOperands, typename Run>
-void parallel_runs(const StridedLayout<kOperands>& layout, int64_t numel, const Run& run) {
-  at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
-    LogicalCursor<kOperands> cursor;
-    cursor.seek(layout, begin);
-    walk_runs(layout, cursor, begin, end, run);
-  });
-}
-
 // All elements in logical order, in parallel, with each element's 16 contract
 // bits: run(offsets, count, bits). Threads split at Philox block boundaries so
 // no block is computed twice.

@@ -100,14 +100,13 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
 }
 
 // residual + drop_path(branch), per sample.
-auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_keep) {
-  return [&residual, p, scale_by_keep](const at::Tensor& branch, at::Tensor& output, RngState rng) {
+auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
+  return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, RngState rng) {
     const uint32_t threshold = drop_threshold(p);
     auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
-        const auto factors =
-            dropout_factors<scalar_t>(scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled, p);
+        const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* res = t[2].template const_data_ptr<scalar_t>();

@@ -122,11 +122,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <size_t kTensors>
-std::optional<StridedLayout<kTensors>> elementwise_layout(const std::array<at::Tensor, kTensors>& tensors) {
-  return make_layout<kTensors>(tensors);
-}
-
 int blocks_for(int64_t numel) {
   return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
 }

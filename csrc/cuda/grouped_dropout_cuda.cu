@@ -150,8 +150,8 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
   };
 }
 
-auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_keep) {
-  return [&residual, p, scale_by_keep](const at::Tensor& branch, at::Tensor& output, auto rng) {
+auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
+  return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, auto rng) {
     const uint32_t threshold = drop_threshold(p);
     const int64_t numel = branch.numel();
     const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
@@ -159,8 +159,7 @@ auto drop_path_add_kernel(const at::Tensor& residual, double p, bool scale_by_ke
     auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
-        const auto factors =
-            dropout_factors<scalar_t>(scale_by_keep ? Variant::kFeatureDropout : Variant::kUnscaled, p);
+        const auto factors = dropout_factors<scalar_t>(variant, p);
         const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
         scalar_t* out = t[0].template data_ptr<scalar_t>();
