@@ -1,5 +1,5 @@
-// Every fastdrop operator: its schema, and its CPU and CUDA kernels. Fake
-// (meta) kernels and autograd are registered from Python (fastdrop/_ops.py).
+// Every fastdrop operator: its schema, and its CPU, CUDA and Meta (shape-only,
+// for tracing) kernels. Autograd is registered in autograd.cpp.
 #include <torch/library.h>
 
 #include "fastdrop.h"
@@ -46,6 +46,12 @@ TORCH_LIBRARY(fastdrop, m) {
 
 TORCH_LIBRARY_IMPL(fastdrop, CPU, m) {
   namespace device = fastdrop::cpu;
+  FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
+  FASTDROP_REGISTER_RESIDUAL_OPS
+}
+
+TORCH_LIBRARY_IMPL(fastdrop, Meta, m) {
+  namespace device = fastdrop::meta;
   FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
   FASTDROP_REGISTER_RESIDUAL_OPS
 }

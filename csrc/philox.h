@@ -2,6 +2,7 @@
 // and device alike so that the CPU and CUDA kernels draw the same bits.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -55,24 +56,36 @@ FASTDROP_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock counter, uint32_t key
 
 // ---------------------------------------------------------------------------
 // The contract. A call is keyed by (seed, offset), taken from a torch
-// generator. Element `index` (its logical row-major index, or the index of the
-// sample / channel that owns it) reads the (index % 8)-th little-endian 16-bit
-// half-word of Philox block `index / 8`, whose counter is
-// {offset / 4 (64 bits), index / 8 (64 bits)} and whose key is the seed. That
-// is exactly the first 128 bits curand_init(seed, index / 8, offset) would
-// yield, so a call occupies the counter column offset / 4 that torch's CUDA
-// generator reserved for it and never overlaps another op's draws.
-// The element is dropped iff its 16 bits are below threshold = round(p * 2^16).
+// generator. Each decision (an element's, keyed by its logical row-major index,
+// or a channel's or sample's, keyed by its index) compares a uniform number
+// U = 0.b1 b2 b3 ... in [0, 1) with p, exactly: dropped iff U < p. So the
+// realized drop probability is p itself, for every p, and torch's scale
+// 1 / (1 - p) keeps the expectation exact.
+//
+// U's first 16 bits are the (index % 8)-th little-endian 16-bit half-word of
+// Philox block index / 8, whose counter is {offset / 4 (64 bits), index / 8
+// (64 bits)} and whose key is the seed: exactly the first 128 bits
+// curand_init(seed, index / 8, offset) would yield, so a call occupies the
+// counter column offset / 4 that torch's CUDA generator reserved for it and
+// never overlaps another op's draws. Those 16 bits decide unless they equal the
+// first 16 bits of p (a tie, probability 2^-16); only then are U's next bits
+// read, 32 at a time, from extension blocks of the same column (see
+// extension_word) until they differ from p's or p has no bits left.
 // ---------------------------------------------------------------------------
 constexpr int kElementsPerBlock = 8;
 constexpr int kRandomBitsPerElement = 16;
 constexpr uint64_t kGeneratorOffsetPerCall = 4;  // one Philox counter column
 
-FASTDROP_HOST_DEVICE PhiloxBlock contract_block(uint64_t seed, uint64_t offset, uint64_t block) {
+FASTDROP_HOST_DEVICE PhiloxBlock philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
   const uint64_t column = offset / 4;
   const PhiloxBlock counter = {{static_cast<uint32_t>(column), static_cast<uint32_t>(column >> 32),
                                 static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32)}};
   return philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The block holding the first 16 bits of U for indices 8 * block ... 8 * block + 7.
+FASTDROP_HOST_DEVICE PhiloxBlock contract_block(uint64_t seed, uint64_t offset, uint64_t block) {
+  return philox_block(seed, offset, block);
 }
 
 FASTDROP_HOST_DEVICE uint32_t element_bits(const PhiloxBlock& block, int lane) {
@@ -85,20 +98,69 @@ FASTDROP_HOST_DEVICE uint32_t element_bits(const PhiloxBlock& block, int lane) {
   return (word >> ((lane & 1) * 16)) & 0xFFFFu;
 }
 
-// |threshold / 2^16 - p| <= 2^-17: the realized drop probability is within
-// 2^-17 of p. p == 1 gives 65536, which no 16-bit value reaches: all dropped.
-inline uint32_t drop_threshold(double p) {
-  return static_cast<uint32_t>(p * 65536.0 + 0.5);
+// Bits 17 + 32 w ... 48 + 32 w of index's U: word w % 4 of the extension block
+// 2^63 + 16 * index + w / 4. Primary blocks stay below 2^60, so the two never
+// meet; 16 blocks (64 words) per index are more than any double p needs (its
+// last bit is bit 1074 + 53 at most). Indices must stay below 2^59.
+FASTDROP_HOST_DEVICE uint32_t extension_word(uint64_t seed, uint64_t offset, uint64_t index, int w) {
+  const uint64_t block = (uint64_t(1) << 63) | (index << 4) | static_cast<uint64_t>(w >> 2);
+  const PhiloxBlock bits = philox_block(seed, offset, block);
+  const int lane = w & 3;
+  uint32_t word = bits.word[0];
+  word = lane >= 1 ? bits.word[1] : word;
+  word = lane >= 2 ? bits.word[2] : word;
+  word = lane >= 3 ? bits.word[3] : word;
+  return word;
 }
 
-FASTDROP_HOST_DEVICE bool is_kept(uint32_t bits, uint32_t threshold) {
-  return bits >= threshold;
+// p as the contract compares it: its first 16 bits, and the rest.
+struct DropThreshold {
+  uint32_t high;     // floor(p * 2^16); 65536 for p == 1, which no 16-bit value reaches
+  double remainder;  // p * 2^16 - high, in [0, 1): p's bits after the first 16 (exact in a double)
+};
+
+inline DropThreshold drop_threshold(double p) {
+  if (p >= 1.0) return {65536u, 0.0};
+  const double scaled = p * 65536.0;  // exact: a power-of-two scale
+  const uint32_t high = static_cast<uint32_t>(scaled);
+  return {high, scaled - static_cast<double>(high)};
 }
 
-// The single-element form of the contract: what every kernel must agree with.
-FASTDROP_HOST_DEVICE bool keeps_element(uint64_t seed, uint64_t offset, uint64_t index, uint32_t threshold) {
+// A tie on the first 16 bits: compares U's following bits with p's, 32 at a
+// time. Each step's digit and remainder are exact in double arithmetic.
+FASTDROP_HOST_DEVICE bool keeps_on_tie(uint64_t seed, uint64_t offset, uint64_t index, double remainder) {
+  for (int w = 0; remainder != 0.0; ++w) {
+    const double scaled = remainder * 4294967296.0;
+    const double digit = floor(scaled);
+    const uint32_t bits = extension_word(seed, offset, index, w);
+    if (bits != static_cast<uint32_t>(digit)) return bits > static_cast<uint32_t>(digit);
+    remainder = scaled - digit;
+  }
+  return true;  // U's bits so far equal all of p's: U >= p
+}
+
+// The decision for index, given its 16 contract bits.
+FASTDROP_HOST_DEVICE bool keeps(uint32_t bits, const DropThreshold& threshold, uint64_t seed, uint64_t offset,
+                                uint64_t index) {
+  if (bits != threshold.high) return bits > threshold.high;
+  return keeps_on_tie(seed, offset, index, threshold.remainder);
+}
+
+// Kernels that compare many 16-bit values at once first replace each tie by
+// resolved_tie_bits(decision); then bits >= compare_bits(threshold) is the
+// decision for every value, tie or not.
+FASTDROP_HOST_DEVICE uint32_t resolved_tie_bits(bool kept) { return kept ? 0xFFFFu : 0u; }
+
+FASTDROP_HOST_DEVICE uint32_t compare_bits(const DropThreshold& threshold) {
+  return threshold.high > 1u ? threshold.high : 1u;
+}
+
+FASTDROP_HOST_DEVICE bool is_kept(uint32_t resolved_bits, uint32_t compare) { return resolved_bits >= compare; }
+
+// The single-decision form of the contract: what every kernel must agree with.
+FASTDROP_HOST_DEVICE bool keeps_element(uint64_t seed, uint64_t offset, uint64_t index, const DropThreshold& threshold) {
   const PhiloxBlock block = contract_block(seed, offset, index / kElementsPerBlock);
-  return is_kept(element_bits(block, static_cast<int>(index % kElementsPerBlock)), threshold);
+  return keeps(element_bits(block, static_cast<int>(index % kElementsPerBlock)), threshold, seed, offset, index);
 }
 
 }  // namespace fastdrop

@@ -1,6 +1,6 @@
 """fastdrop: fused, mask-free dropout kernels for PyTorch on CPU and CUDA."""
 
-from . import _ops, functional, losses, nn  # noqa: F401  (_ops registers fake kernels and autograd)
+from . import _ops, functional, losses, nn  # noqa: F401  (_ops loads the operators)
 from .adoption import replace_dropout
 from .stochastic_depth import add_stochastic_depth
 

@@ -74,26 +74,35 @@ def replace_dropout(model: torch.nn.Module, *, verbose: bool = False) -> torch.n
     logged (logger "fastdrop", INFO) and printed with verbose=True. A model that
     is itself a dropout module is returned as its replacement.
     """
-    replaced = []
-
-    def visit(parent, prefix):
-        for name, child in list(parent.named_children()):
-            qualified = f"{prefix}.{name}" if prefix else name
-            new = _replacement(child)
-            if new is None:
-                visit(child, qualified)
-                continue
-            new.train(child.training)
-            setattr(parent, name, new)
-            replaced.append((qualified, type(child).__name__))
-
     root = _replacement(model)
     if root is not None:
         root.train(model.training)
-        replaced.append(("(the model itself)", type(model).__name__))
+        replaced = [("(the model itself)", type(model).__name__)]
         model = root
     else:
+        # Every replacement is built (and so validated) before any is swapped
+        # in, so an invalid module leaves the model as it was; a module
+        # registered under several names gets one replacement.
+        swaps, replacements, replaced = [], {}, []
+
+        def visit(parent, prefix):
+            for name, child in parent.named_children():
+                qualified = f"{prefix}.{name}" if prefix else name
+                first_visit = id(child) not in replacements
+                if first_visit:
+                    replacements[id(child)] = _replacement(child)
+                    if replacements[id(child)] is not None:
+                        replaced.append((qualified, type(child).__name__))
+                new = replacements[id(child)]
+                if new is not None:
+                    swaps.append((parent, name, child, new))
+                elif first_visit:
+                    visit(child, qualified)
+
         visit(model, "")
+        for parent, name, child, new in swaps:
+            new.train(child.training)
+            setattr(parent, name, new)
     counts = {}
     for _, kind in replaced:
         counts[kind] = counts.get(kind, 0) + 1

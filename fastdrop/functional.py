@@ -1,11 +1,12 @@
 """Functional dropouts with the signatures, defaults, shape rules, errors and
-warnings of torch.nn.functional."""
+warnings of torch.nn.functional (and timm's and torchvision's drop path)."""
 
 import warnings
 
 import torch
 
-from ._ops import _check_bias, _check_same, apply_variant, ops
+from . import _checks
+from ._ops import ops
 
 __all__ = [
     "dropout",
@@ -23,23 +24,42 @@ __all__ = [
 ]
 
 
-def _check_probability(p):
-    # Negated so that NaN fails too.
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-
-
 def _warn(message):
     # torch.compile cannot trace warnings.warn (fullgraph would fail): eager only.
     if not torch.compiler.is_compiling():
         warnings.warn(message, stacklevel=3)
 
 
-def _run(name, input, p, training, inplace, generator):
-    _check_probability(p)
+def _nested(name, input, p, inplace, generator):
+    """Element-wise dropout of a nested tensor's values, as torch's F.dropout does; the
+    other variants, and in place, are refused with the error types torch gives."""
+    if name != "dropout":
+        error = NotImplementedError if name == "alpha_dropout" else RuntimeError
+        raise error(f"fastdrop.{name} does not support nested tensors (torch's does not either)")
+    if inplace:
+        raise NotImplementedError("fastdrop.dropout does not support nested tensors in place (torch's does not either)")
+    values = ops.dropout(input.values(), p, generator)[0]
+    if input.layout == torch.jagged:
+        return torch.nested.nested_tensor_from_jagged(
+            values, input.offsets(), lengths=input.lengths(), jagged_dim=input._ragged_idx
+        )
+    return torch._nested_view_from_buffer(
+        values, input._nested_tensor_size(), input._nested_tensor_strides(), input._nested_tensor_storage_offsets()
+    )
+
+
+def _run(name, function, input, p, training, inplace, generator):
+    """Variant `name` of input; `function` is the name torch's errors give it."""
+    p = _checks.probability(p, function)
+    _checks.training_flag(training, function)
+    if input.is_nested:
+        return input if not training or p == 0.0 else _nested(name, input, p, inplace, generator)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    return apply_variant(name, input, p, inplace, generator)
+    if inplace:
+        getattr(ops, name + "_")(input, p, generator)
+        return input
+    return getattr(ops, name)(input, p, generator)[0]
 
 
 def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
@@ -52,7 +72,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     saving it. In eval mode, or for p == 0 or an empty input, the input itself
     is returned, as torch does.
     """
-    return _run("dropout", input, p, training, inplace, generator)
+    return _run("dropout", "dropout", input, p, training, inplace, generator)
 
 
 def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
@@ -62,23 +82,27 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
     with torch's alpha = 1.7580993408473766 and a = 1 / sqrt((alpha^2 p + 1)(1 - p)),
     so a zero-mean, unit-variance input keeps its mean and variance.
     """
-    return _run("alpha_dropout", input, p, training, inplace, generator)
+    return _run("alpha_dropout", "alpha_dropout", input, p, training, inplace, generator)
 
 
 def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
     """Drop-in for torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
-    return _run("feature_alpha_dropout", input, p, training, inplace, generator)
+    return _run("feature_alpha_dropout", "feature_alpha_dropout", input, p, training, inplace, generator)
+
+
+def _feature_dropout(input, p, training, inplace, generator):
+    return _run("feature_dropout", "feature_dropout", input, p, training, inplace, generator)
 
 
 def _feature_dropout_unbatched(input, p, training, inplace, generator):
     """Channel dropout of an input without its batch dim, as a batch of one."""
-    result = _run("feature_dropout", input.unsqueeze(0), p, training, inplace, generator)
+    result = _feature_dropout(input.unsqueeze(0), p, training, inplace, generator)
     return input if inplace else result.squeeze(0)
 
 
 def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None):
     """Drop-in for torch.nn.functional.dropout1d: zeroes whole channels of (N, C, L) or (C, L) input."""
-    _check_probability(p)
+    p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (2, 3):
         raise RuntimeError(
             f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
@@ -88,7 +112,7 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None):
         )
     if input.dim() == 2:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)
-    return _run("feature_dropout", input, p, training, inplace, generator)
+    return _feature_dropout(input, p, training, inplace, generator)
 
 
 def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
@@ -97,7 +121,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
     As in torch, a 3-D input is taken as (N, C, L) (with a warning), and other
     ranks are accepted with a deprecation warning.
     """
-    _check_probability(p)
+    p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (3, 4):
         _warn(
             f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
@@ -114,7 +138,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
             "channel-wise dropout behavior, please switch to using dropout1d instead."
         )
-    return _run("feature_dropout", input, p, training, inplace, generator)
+    return _feature_dropout(input, p, training, inplace, generator)
 
 
 def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
@@ -123,7 +147,7 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
     As in torch, a 4-D input is taken as unbatched (C, D, H, W), and other ranks
     are accepted with a deprecation warning.
     """
-    _check_probability(p)
+    p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (4, 5):
         _warn(
             f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
@@ -134,12 +158,7 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
         )
     if input.dim() != 5:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)
-    return _run("feature_dropout", input, p, training, inplace, generator)
-
-
-def _check_drop_probability(p):
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    return _feature_dropout(input, p, training, inplace, generator)
 
 
 def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator=None):
@@ -149,10 +168,10 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator
     samples are divided by 1 - drop_prob when scale_by_keep. Eval mode and
     drop_prob == 0 return x itself. One pass each way, nothing per element saved.
     """
-    _check_drop_probability(drop_prob)
+    drop_prob = _checks.drop_probability(drop_prob)
     if drop_prob == 0.0 or not training:
         return x
-    return ops.drop_path(x, drop_prob, scale_by_keep, True, generator)[0]
+    return ops.drop_path(x, drop_prob, bool(scale_by_keep), True, generator)[0]
 
 
 def stochastic_depth(input, p, mode, training=True, *, generator=None):
@@ -161,9 +180,8 @@ def stochastic_depth(input, p, mode, training=True, *, generator=None):
     mode "row" drops each sample (dim 0) with probability p, mode "batch" the
     whole batch at once; survivors are divided by 1 - p, and p == 1 gives zeros.
     """
-    _check_drop_probability(p)
-    if mode not in ("batch", "row"):
-        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    p = _checks.drop_probability(p)
+    _checks.stochastic_depth_mode(mode)
     if not training or p == 0.0:
         return input
     return ops.drop_path(input, p, True, mode == "row", generator)[0]
@@ -176,17 +194,18 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
     branch's that gradient with the same per-sample mask and scale. In eval
     mode (or drop_prob == 0) this is exactly residual + branch.
     """
-    _check_drop_probability(drop_prob)
-    _check_same(residual, "residual", branch, "branch", "drop_path_add")
+    drop_prob = _checks.drop_probability(drop_prob)
+    _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
     if not training or drop_prob == 0.0:
         return residual + branch
-    return ops.drop_path_add(residual, branch, drop_prob, scale_by_keep, generator)[0]
+    return ops.drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)[0]
 
 
 def dropout_add(residual, x, p, training=True, *, generator=None):
     """residual + dropout(x) in one pass (element-wise mask, as fastdrop.functional.dropout)."""
-    _check_probability(p)
-    _check_same(residual, "residual", x, "input", "dropout_add")
+    p = _checks.probability(p, "dropout_add")
+    _checks.training_flag(training, "dropout_add")
+    _checks.same_operands(residual, "residual", x, "input", "dropout_add")
     if not training or p == 0.0:
         return residual + x
     return ops.dropout_add(residual, x, p, generator)[0]
@@ -197,9 +216,10 @@ def bias_dropout_add(x, bias, residual, p, training=True, *, generator=None):
 
     Backward gives the gradients of x, bias (reduced over the other dims) and residual.
     """
-    _check_probability(p)
-    _check_same(residual, "residual", x, "input", "bias_dropout_add")
-    _check_bias(x, bias, "bias_dropout_add")
+    p = _checks.probability(p, "bias_dropout_add")
+    _checks.training_flag(training, "bias_dropout_add")
+    _checks.same_operands(residual, "residual", x, "input", "bias_dropout_add")
+    _checks.bias_operand(x, bias, "bias_dropout_add")
     if not training or p == 0.0:
         return residual + (x + bias)
     return ops.bias_dropout_add(x, bias, residual, p, generator)[0]
@@ -210,10 +230,11 @@ def dropout_with_seed(input, p, seed, offset=0):
 
     A CUDA call with generator ``g`` is keyed by ``(g.initial_seed(),
     g.get_offset())`` read just before it, so this reproduces a CUDA run's
-    mask on the CPU (and vice versa), bit for bit. Differentiable.
+    mask on the CPU (and vice versa), bit for bit. seed and offset are ints in
+    [0, 2^64); only offset // 4 enters the contract. Differentiable.
     """
-    _check_probability(p)
-    # seed is an unsigned 64-bit value; the state tensor holds its bit pattern.
-    seed = seed - (1 << 64) if seed >= (1 << 63) else seed
-    rng_state = torch.tensor([seed, offset], dtype=torch.int64, device=input.device)
+    p = _checks.probability(p, "dropout_with_seed")
+    rng_state = torch.tensor(
+        [_checks.unsigned_64(seed, "seed"), _checks.unsigned_64(offset, "offset")], dtype=torch.int64, device=input.device
+    )
     return ops.dropout_backward(input, rng_state, p)

@@ -6,6 +6,7 @@ state_dict and train/eval behave as before; only forward differs.
 
 import torch
 
+from . import _checks
 from . import functional as F
 
 __all__ = [
@@ -34,7 +35,7 @@ class _NotScriptable:
 class _FastdropMixin(_NotScriptable):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         # Before torch's own check, which lets NaN through.
-        F._check_probability(p)
+        _checks.probability_range(p)
         super().__init__(p, inplace)
 
 
@@ -85,6 +86,7 @@ class DropPath(_NotScriptable, torch.nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
         super().__init__()
+        _checks.drop_probability(drop_prob)
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
 
@@ -100,6 +102,8 @@ class StochasticDepth(_NotScriptable, torch.nn.Module):
 
     def __init__(self, p: float, mode: str) -> None:
         super().__init__()
+        _checks.drop_probability(p)
+        _checks.stochastic_depth_mode(mode)
         self.p = p
         self.mode = mode
 
@@ -119,7 +123,7 @@ class StochasticDepthBlock(_NotScriptable, torch.nn.Module):
 
     def __init__(self, branch: torch.nn.Module, drop_prob: float, shortcut: torch.nn.Module | None = None) -> None:
         super().__init__()
-        F._check_drop_probability(drop_prob)
+        _checks.drop_probability(drop_prob)
         self.branch = branch
         self.shortcut = shortcut
         self.drop_prob = drop_prob

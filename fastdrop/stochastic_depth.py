@@ -7,6 +7,7 @@ which extract low-level features, are almost always kept.
 
 import torch
 
+from . import _checks
 from . import functional as F
 from .nn import _NotScriptable
 
@@ -23,7 +24,7 @@ class ResidualBlockWithStochasticDepth(_NotScriptable, torch.nn.Module):
 
     def __init__(self, block: torch.nn.Module, drop_prob: float) -> None:
         super().__init__()
-        F._check_drop_probability(drop_prob)
+        _checks.drop_probability(drop_prob)
         for name, child in block.named_children():
             self.add_module(name, child)
         if not hasattr(self, "downsample"):
@@ -87,7 +88,7 @@ def add_stochastic_depth(model: torch.nn.Module, drop_rate: float, schedule: str
     paper's rule) or drop_rate ("uniform"). Weights, state-dict keys and the
     eval-mode output are unchanged.
     """
-    F._check_drop_probability(drop_rate)
+    _checks.drop_probability(drop_rate)
     existing = _drop_path_modules(model)
     if existing:
         for (module, attribute), rate in zip(existing, _rates(drop_rate, len(existing), schedule)):

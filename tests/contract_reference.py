@@ -54,15 +54,60 @@ def element_bits(seed, offset, indices):
 
 
 def drop_threshold(p):
-    return int(p * 65536.0 + 0.5)
+    """p's first 16 bits (65536 for p == 1) and the rest, as the contract splits them."""
+    if p >= 1.0:
+        return 65536, 0.0
+    scaled = p * 65536.0
+    high = int(scaled)
+    return high, scaled - high
+
+
+def extension_word(seed, offset, index, w):
+    """Bits 17 + 32 w ... 48 + 32 w of index's uniform: word w % 4 of block 2^63 + 16 index + w // 4."""
+    block = (1 << 63) | (index << 4) | (w >> 2)
+    column = offset // 4
+    words = philox4x32_10(
+        (column & 0xFFFFFFFF, column >> 32, block & 0xFFFFFFFF, block >> 32), (seed & 0xFFFFFFFF, seed >> 32)
+    )
+    return int(words[w & 3])
+
+
+def keeps_on_tie(seed, offset, index, remainder):
+    """U >= p for an index whose first 16 bits equal p's: the next bits, 32 at a time."""
+    w = 0
+    while remainder != 0.0:
+        scaled = remainder * 4294967296.0
+        digit = int(scaled)
+        bits = extension_word(seed, offset, index, w)
+        if bits != digit:
+            return bits > digit
+        remainder = scaled - digit
+        w += 1
+    return True
+
+
+def keeps(seed, offset, indices, p):
+    """The contract's decision (True: kept) for each index: U < p drops, exactly."""
+    indices = np.asarray(indices, dtype=np.uint64)
+    bits = element_bits(seed, offset, indices)
+    high, remainder = drop_threshold(p)
+    kept = bits > high
+    for position in np.flatnonzero(bits == high):
+        kept[position] = keeps_on_tie(seed, offset, int(indices[position]), remainder)
+    return kept
+
+
+def ties(rng_state, numel, p):
+    """How many of the first numel indices tie on their first 16 bits (and need extension words)."""
+    seed, offset = (int(v) & (2**64 - 1) for v in rng_state.cpu().tolist())
+    return int((element_bits(seed, offset, np.arange(numel, dtype=np.uint64)) == drop_threshold(p)[0]).sum())
 
 
 def keep_mask(rng_state, shape, p):
     """Boolean keep mask (torch, CPU) for a tensor of `shape` keyed by rng_state."""
     seed, offset = (int(v) & (2**64 - 1) for v in rng_state.cpu().tolist())
     numel = int(np.prod(shape, dtype=np.int64))
-    bits = element_bits(seed, offset, np.arange(numel, dtype=np.uint64))
-    return torch.from_numpy(bits >= drop_threshold(p)).reshape(shape)
+    return torch.from_numpy(keeps(seed, offset, np.arange(numel, dtype=np.uint64), p)).reshape(shape)
 
 
 def kat_vectors():

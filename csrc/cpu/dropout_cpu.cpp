@@ -16,16 +16,17 @@ namespace {
 // The kernel behind dropout and alpha dropout, forward and backward.
 auto elementwise_kernel(Variant variant, double p) {
   return [variant, p](const at::Tensor& input, at::Tensor& output, RngState rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
+    const uint32_t compare = compare_bits(threshold);
     const bool affine = is_affine(variant, p);
     with_layout<2>({output, input}, elementwise_layout<2>, [&](const StridedLayout<2>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_cpu", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        parallel_runs_with_bits(layout, input.numel(), rng, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+        parallel_runs_with_bits(layout, input.numel(), rng, threshold, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
           transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), bits, count,
-                        threshold, affine, factors);
+                        compare, affine, factors);
         });
       });
     });
@@ -35,7 +36,8 @@ auto elementwise_kernel(Variant variant, double p) {
 // residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
 auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
   return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, RngState rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
+    const uint32_t compare = compare_bits(threshold);
     auto run_with = [&](auto tensors) {
       constexpr size_t kTensors = std::tuple_size_v<decltype(tensors)>;
       with_layout<kTensors>(tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout,
@@ -46,10 +48,10 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
           const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
           const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
           const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
-          parallel_runs_with_bits(layout, input.numel(), rng, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+          parallel_runs_with_bits(layout, input.numel(), rng, threshold, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
             add_dropout_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), res + at[2],
                             layout.inner_stride(2), b == nullptr ? nullptr : b + at[kTensors - 1],
-                            layout.inner_stride(kTensors - 1), bits, count, threshold, factors);
+                            layout.inner_stride(kTensors - 1), bits, count, compare, factors);
           });
         });
       });

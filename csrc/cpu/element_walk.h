@@ -28,11 +28,26 @@ void walk_runs(const StridedLayout<kOperands>& layout, LogicalCursor<kOperands>&
   }
 }
 
+// Replaces each tie (a value equal to the threshold's first 16 bits) in the
+// contract bits of indices first_index ... first_index + count - 1 by its
+// resolved decision, so that is_kept(bits[i], compare_bits(threshold)) decides
+// every element. Ties are rare (2^-16 per element): the scan is what costs.
+inline void resolve_ties(uint16_t* bits, int64_t count, uint64_t first_index, const DropThreshold& threshold,
+                         RngState rng) {
+  if (threshold.high > 0xFFFFu) return;  // p == 1: nothing ties
+  const uint16_t high = static_cast<uint16_t>(threshold.high);
+  for (int64_t i = find_value(bits, count, high); i < count; i = i + 1 + find_value(bits + i + 1, count - i - 1, high)) {
+    const uint64_t index = first_index + static_cast<uint64_t>(i);
+    bits[i] = static_cast<uint16_t>(resolved_tie_bits(keeps_on_tie(rng.seed, rng.offset, index, threshold.remainder)));
+  }
+}
+
 // All elements in logical order, in parallel, with each element's 16 contract
-// bits: run(offsets, count, bits). Threads split at Philox block boundaries so
-// no block is computed twice.
+// bits, ties resolved: run(offsets, count, bits). Threads split at Philox
+// block boundaries so no block is computed twice.
 template <int kOperands, typename Run>
-void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Run& run) {
+void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
+                             const DropThreshold& threshold, const Run& run) {
   const int64_t num_blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   at::parallel_for(0, num_blocks, kGrainElements / kElementsPerBlock, [&](int64_t first_block, int64_t last_block) {
     alignas(64) uint16_t bits[kBitsChunk];
@@ -43,6 +58,7 @@ void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t num
       fill_element_bits(rng.seed, rng.offset / 4, static_cast<uint64_t>(block), blocks, bits);
       const int64_t begin = block * kElementsPerBlock;
       const int64_t end = std::min(numel, (block + blocks) * kElementsPerBlock);
+      resolve_ties(bits, end - begin, static_cast<uint64_t>(begin), threshold, rng);
       walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t index) {
         run(offsets, count, bits + (index - begin));
       });

@@ -15,34 +15,40 @@
 namespace fastdrop::cpu {
 namespace {
 
-// Contract bits of groups, a Philox block at a time, remembered between calls.
+// Contract bits of groups, ties resolved, a Philox block at a time,
+// remembered between calls.
 class GroupBits {
  public:
-  explicit GroupBits(RngState rng) : rng_(rng) {}
+  GroupBits(RngState rng, const DropThreshold& threshold) : rng_(rng), threshold_(threshold) {}
 
-  uint32_t operator()(uint64_t group) {
+  uint16_t operator()(uint64_t group) {
     const uint64_t block = group / kElementsPerBlock;
     if (block != block_) {
       block_ = block;
       bits_ = contract_block(rng_.seed, rng_.offset, block);
     }
-    return element_bits(bits_, static_cast<int>(group % kElementsPerBlock));
+    const uint32_t bits = element_bits(bits_, static_cast<int>(group % kElementsPerBlock));
+    if (bits != threshold_.high) return static_cast<uint16_t>(bits);
+    return static_cast<uint16_t>(resolved_tie_bits(keeps_on_tie(rng_.seed, rng_.offset, group, threshold_.remainder)));
   }
 
  private:
   RngState rng_;
+  DropThreshold threshold_;
   uint64_t block_ = ~uint64_t(0);
   PhiloxBlock bits_{};
 };
 
 // Calls apply(offsets, count, bits) for the runs of the layout (whose last
 // operand is the group index); bits[i] are the contract bits of the i-th
-// element's group. Runs inside one group get a single value (bits_stride 0).
+// element's group, ties resolved. Runs inside one group get a single value
+// (bits_stride 0).
 template <int kOperands, typename Apply>
-void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng, const Apply& apply) {
+void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
+                         const DropThreshold& threshold, const Apply& apply) {
   const int64_t group_stride = layout.inner_stride(kOperands - 1);
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
-    GroupBits group_bits(rng);  // one per thread's range: neighbouring runs share Philox blocks
+    GroupBits group_bits(rng, threshold);  // one per thread's range: neighbouring runs share Philox blocks
     alignas(64) uint16_t bits[kBitsChunk + 2 * kElementsPerBlock];
     LogicalCursor<kOperands> cursor;
     cursor.seek(layout, begin);
@@ -63,6 +69,7 @@ void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, 
           fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1),
                             bits);
           run_bits = bits + (group - first_block * kElementsPerBlock);
+          resolve_ties(bits + (group - first_block * kElementsPerBlock), n, group, threshold, rng);
         } else {
           for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(group_bits(group + i * group_stride));
         }
@@ -74,7 +81,8 @@ void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, 
 
 auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
   return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, RngState rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
+    const uint32_t compare = compare_bits(threshold);
     const bool affine = is_affine(variant, p);
     auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, group_dims); };
     with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
@@ -83,15 +91,15 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
-        parallel_group_runs(layout, input.numel(), rng,
+        parallel_group_runs(layout, input.numel(), rng, threshold,
                             [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
                               scalar_t* o = out + at[0] + done * out_stride;
                               const scalar_t* i = in + at[1] + done * in_stride;
                               if (uniform) {
                                 transform_uniform_run(o, out_stride, i, in_stride, count,
-                                                      is_kept(bits[0], threshold), affine, factors);
+                                                      is_kept(bits[0], compare), affine, factors);
                               } else {
-                                transform_run(o, out_stride, i, in_stride, bits, count, threshold, affine, factors);
+                                transform_run(o, out_stride, i, in_stride, bits, count, compare, affine, factors);
                               }
                             });
       });
@@ -102,7 +110,8 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
 // residual + drop_path(branch), per sample.
 auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
   return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, RngState rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
+    const uint32_t compare = compare_bits(threshold);
     auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
@@ -111,19 +120,19 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
         const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
-        parallel_group_runs(layout, branch.numel(), rng,
+        parallel_group_runs(layout, branch.numel(), rng, threshold,
                             [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
                               scalar_t* o = out + at[0] + done * so;
                               const scalar_t* i = in + at[1] + done * si;
                               const scalar_t* r = res + at[2] + done * sr;
                               if (uniform) {
-                                add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], threshold), factors);
+                                add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], compare), factors);
                                 return;
                               }
                               // Samples change within the run (a layout with the batch dim innermost).
                               for (int64_t k = 0; k < count; ++k) {
                                 add_uniform_run(o + k * so, so, i + k * si, si, r + k * sr, sr, 1,
-                                                is_kept(bits[k], threshold), factors);
+                                                is_kept(bits[k], compare), factors);
                               }
                             });
       });

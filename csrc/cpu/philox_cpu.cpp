@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "../philox.h"
+#include "vectorize.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTDROP_X86_SIMD 1
@@ -214,6 +215,21 @@ bool fill_element_bits_using(const char* isa, uint64_t seed, uint64_t counter_co
     }
   }
   return false;
+}
+
+FASTDROP_CPU_CLONES int64_t find_value(const uint16_t* values, int64_t count, uint16_t value) {
+  // Whole steps with a branch-free test (vectorized); the step that hits, and the tail, one by one.
+  constexpr int64_t kStep = 64;
+  int64_t i = 0;
+  for (; i + kStep <= count; i += kStep) {
+    int hit = 0;
+    for (int64_t k = 0; k < kStep; ++k) hit |= values[i + k] == value;
+    if (hit) break;
+  }
+  for (; i < count; ++i) {
+    if (values[i] == value) return i;
+  }
+  return count;
 }
 
 }  // namespace fastdrop::cpu

@@ -18,4 +18,7 @@ const char* fill_element_bits_isa();
 bool fill_element_bits_using(const char* isa, uint64_t seed, uint64_t counter_column, uint64_t first_block,
                              int64_t num_blocks, uint16_t* out);
 
+// The first i < count with values[i] == value, or count: a vectorized scan.
+int64_t find_value(const uint16_t* values, int64_t count, uint16_t value);
+
 }  // namespace fastdrop::cpu

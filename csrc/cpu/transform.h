@@ -1,6 +1,6 @@
 // The per-run loops every CPU dropout kernel ends in: apply a variant's
 // DropoutFactors to `count` elements, with per-element decisions (16-bit
-// contract values against a threshold) or one decision for the whole run.
+// contract values, ties resolved, against compare_bits) or one decision for the whole run.
 // Factors travel by value: a reference could alias the output, and the
 // compiler would then reload them every element instead of vectorizing.
 #pragma once
@@ -17,10 +17,10 @@ namespace fastdrop::cpu {
 
 template <bool kAffine, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void transform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
-                                           const uint16_t* bits, int64_t count, uint32_t threshold,
+                                           const uint16_t* bits, int64_t count, uint32_t compare,
                                            DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
-    out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], is_kept(bits[i], threshold), factors);
+    out[i * out_stride] = apply_dropout<kAffine>(in[i * in_stride], is_kept(bits[i], compare), factors);
   }
 }
 
@@ -38,12 +38,12 @@ template <bool kBias, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                                              const scalar_t* residual, int64_t residual_stride, const scalar_t* bias,
                                              int64_t bias_stride, const uint16_t* bits, int64_t count,
-                                             uint32_t threshold, DropoutFactors<scalar_t> factors) {
+                                             uint32_t compare, DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     scalar_t value = in[i * in_stride];
     if constexpr (kBias) value = add_elements(value, bias[i * bias_stride]);
     out[i * out_stride] =
-        add_elements(residual[i * residual_stride], apply_dropout<false>(value, is_kept(bits[i], threshold), factors));
+        add_elements(residual[i * residual_stride], apply_dropout<false>(value, is_kept(bits[i], compare), factors));
   }
 }
 
@@ -66,11 +66,11 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
 // Unit-stride versions, compiled for several ISAs (transform_cpu.cpp).
 #define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
   void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
-                            uint32_t threshold, bool affine, DropoutFactors<scalar_t> factors);           \
+                            uint32_t compare, bool affine, DropoutFactors<scalar_t> factors);           \
   void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,     \
                                     DropoutFactors<scalar_t> factors);                                    \
   void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,  \
-                              const uint16_t* bits, int64_t count, uint32_t threshold,                           \
+                              const uint16_t* bits, int64_t count, uint32_t compare,                           \
                               DropoutFactors<scalar_t> factors);                                          \
   void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count,         \
                               bool kept, DropoutFactors<scalar_t> factors);
@@ -79,13 +79,13 @@ FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 
 template <typename scalar_t>
 void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const uint16_t* bits,
-                   int64_t count, uint32_t threshold, bool affine, DropoutFactors<scalar_t> factors) {
+                   int64_t count, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1) {
-    transform_contiguous(out, in, bits, count, threshold, affine, factors);
+    transform_contiguous(out, in, bits, count, compare, affine, factors);
   } else if (affine) {
-    transform_loop<true>(out, out_stride, in, in_stride, bits, count, threshold, factors);
+    transform_loop<true>(out, out_stride, in, in_stride, bits, count, compare, factors);
   } else {
-    transform_loop<false>(out, out_stride, in, in_stride, bits, count, threshold, factors);
+    transform_loop<false>(out, out_stride, in, in_stride, bits, count, compare, factors);
   }
 }
 
@@ -105,16 +105,16 @@ void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in
 template <typename scalar_t>
 void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                      const scalar_t* residual, int64_t residual_stride, const scalar_t* bias, int64_t bias_stride,
-                     const uint16_t* bits, int64_t count, uint32_t threshold,
+                     const uint16_t* bits, int64_t count, uint32_t compare,
                      DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1 && (bias == nullptr || bias_stride == 1)) {
-    add_dropout_contiguous(out, in, residual, bias, bits, count, threshold, factors);
+    add_dropout_contiguous(out, in, residual, bias, bits, count, compare, factors);
   } else if (bias != nullptr) {
     add_dropout_loop<true>(out, out_stride, in, in_stride, residual, residual_stride, bias, bias_stride, bits, count,
-                           threshold, factors);
+                           compare, factors);
   } else {
     add_dropout_loop<false>(out, out_stride, in, in_stride, residual, residual_stride, bias, bias_stride, bits, count,
-                            threshold, factors);
+                            compare, factors);
   }
 }
 

@@ -17,7 +17,7 @@ constexpr int kThreads = 256;
 template <typename scalar_t, bool kAffine, bool kVectorized, typename Rng>
 __global__ void __launch_bounds__(kThreads)
     elementwise_contiguous_kernel(const scalar_t* in, scalar_t* out, int64_t numel, Rng rng_source,
-                                  uint32_t threshold, DropoutFactors<scalar_t> factors) {
+                                  DropThreshold threshold, DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   for (int64_t block = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; block < blocks;
@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         pack.value[lane] =
-            apply_dropout<kAffine>(pack.value[lane], is_kept(element_bits(bits, lane), threshold), factors);
+            apply_dropout<kAffine>(pack.value[lane], keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors);
       }
       *reinterpret_cast<Pack8<scalar_t>*>(out + first) = pack;
     } else {
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         if (first + lane < numel) {
           out[first + lane] =
-              apply_dropout<kAffine>(in[first + lane], is_kept(element_bits(bits, lane), threshold), factors);
+              apply_dropout<kAffine>(in[first + lane], keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors);
         }
       }
     }
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, bool kBias, bool kVectorized, typename Rng>
 __global__ void __launch_bounds__(kThreads)
     add_dropout_contiguous_kernel(const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
-                                  int64_t columns, scalar_t* out, int64_t numel, Rng rng_source, uint32_t threshold,
+                                  int64_t columns, scalar_t* out, int64_t numel, Rng rng_source, DropThreshold threshold,
                                   DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads)
           column = column + 1 == columns ? 0 : column + 1;
         }
         result.value[lane] = add_elements(
-            result.value[lane], apply_dropout<false>(value, is_kept(element_bits(bits, lane), threshold), factors));
+            result.value[lane], apply_dropout<false>(value, keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors));
       }
       *reinterpret_cast<Pack8<scalar_t>*>(out + first) = result;
     } else {
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
             column = column + 1 == columns ? 0 : column + 1;
           }
           out[first + lane] = add_elements(
-              residual[first + lane], apply_dropout<false>(value, is_kept(element_bits(bits, lane), threshold), factors));
+              residual[first + lane], apply_dropout<false>(value, keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors));
         }
       }
     }
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, bool kAffine, int kOperands, typename Rng>
 __global__ void __launch_bounds__(kThreads)
     elementwise_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
-                               StridedLayout<kOperands> layout, int64_t numel, Rng rng_source, uint32_t threshold,
+                               StridedLayout<kOperands> layout, int64_t numel, Rng rng_source, DropThreshold threshold,
                                DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
     for (int lane = 0; lane < kElementsPerBlock; ++lane) {
       if (first + lane < numel) {
-        const bool kept = is_kept(element_bits(bits, lane), threshold);
+        const bool kept = keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane));
         scalar_t value = in[cursor.offset[1]];
         if constexpr (kOperands == 4) value = add_elements(value, bias[cursor.offset[3]]);
         if constexpr (kOperands == 2) {
@@ -129,7 +129,7 @@ int blocks_for(int64_t numel) {
 // The kernel behind dropout and alpha dropout, forward and backward.
 auto elementwise_kernel(Variant variant, double p) {
   return [variant, p](const at::Tensor& input, at::Tensor& output, auto rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
     const int grid = blocks_for(numel);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -160,7 +160,7 @@ auto elementwise_kernel(Variant variant, double p) {
 // residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
 auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
   return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, auto rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
     const int grid = blocks_for(numel);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

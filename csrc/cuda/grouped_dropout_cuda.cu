@@ -16,18 +16,20 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The contract bits of groups, remembering the last Philox block.
-struct GroupBits {
+// The decisions of groups, remembering the last Philox block.
+struct GroupDecisions {
   RngState rng;
+  DropThreshold threshold;
   uint64_t block = ~uint64_t(0);
   PhiloxBlock bits;
 
-  __device__ uint32_t operator()(uint64_t group) {
+  __device__ bool keeps_group(uint64_t group) {
     if (group / kElementsPerBlock != block) {
       block = group / kElementsPerBlock;
       bits = contract_block(rng.seed, rng.offset, block);
     }
-    return element_bits(bits, static_cast<int>(group % kElementsPerBlock));
+    return keeps(element_bits(bits, static_cast<int>(group % kElementsPerBlock)), threshold, rng.seed, rng.offset,
+                 group);
   }
 };
 
@@ -36,8 +38,8 @@ struct GroupBits {
 template <typename scalar_t, bool kAffine, bool kDense, typename Rng>
 __global__ void __launch_bounds__(kThreads)
     grouped_device_kernel(const scalar_t* in, scalar_t* out, StridedLayout<3> layout, int64_t numel, Rng rng_source,
-                   uint32_t threshold, DropoutFactors<scalar_t> factors) {
-  GroupBits group_bits{rng_source.load()};
+                   DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+  GroupDecisions decisions{rng_source.load(), threshold};
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   LogicalCursor<3> cursor;
   for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
@@ -48,7 +50,7 @@ __global__ void __launch_bounds__(kThreads)
       Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(in + first);
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[2])), threshold);
+        const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[2]));
         pack.value[lane] = apply_dropout<kAffine>(pack.value[lane], kept, factors);
         cursor.next(layout);
       }
@@ -58,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         if (first + lane < numel) {
-          const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[2])), threshold);
+          const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[2]));
           out[cursor.offset[0]] = apply_dropout<kAffine>(in[cursor.offset[1]], kept, factors);
           cursor.next(layout);
         }
@@ -70,8 +72,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, bool kDense, typename Rng>
 __global__ void __launch_bounds__(kThreads)
     drop_path_add_device_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, StridedLayout<4> layout,
-                         int64_t numel, Rng rng_source, uint32_t threshold, DropoutFactors<scalar_t> factors) {
-  GroupBits group_bits{rng_source.load()};
+                         int64_t numel, Rng rng_source, DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+  GroupDecisions decisions{rng_source.load(), threshold};
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   LogicalCursor<4> cursor;
   for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
@@ -83,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
       bool any_kept = false;
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        kept[lane] = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[3])), threshold);
+        kept[lane] = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[3]));
         any_kept |= kept[lane];
         cursor.next(layout);
       }
@@ -102,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         if (first + lane < numel) {
-          const bool kept = is_kept(group_bits(static_cast<uint64_t>(cursor.offset[3])), threshold);
+          const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[3]));
           const scalar_t r = residual[cursor.offset[2]];
           out[cursor.offset[0]] =
               kept ? add_elements(r, apply_dropout<false>(branch[cursor.offset[1]], true, factors)) : r;
@@ -123,7 +125,7 @@ bool dense_alike(const at::Tensor& output, std::initializer_list<const at::Tenso
 
 auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
   return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, auto rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
     const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -152,7 +154,7 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
 
 auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
   return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, auto rng) {
-    const uint32_t threshold = drop_threshold(p);
+    const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = branch.numel();
     const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -72,7 +72,7 @@ int check_variant(const VariantUnderTest& variant, const at::Tensor& input, doub
   const at::Tensor grad = at::randn_like(input);
   const at::Tensor grad_input = variant.backward(grad, rng_state, p);
   const fastdrop::RngState rng = fastdrop::read_rng_state_cpu(rng_state);
-  const uint32_t threshold = fastdrop::drop_threshold(p);
+  const fastdrop::DropThreshold threshold = fastdrop::drop_threshold(p);
   const auto forward_factors = fastdrop::dropout_factors<scalar_t>(variant.forward_variant, p);
   const auto backward_factors = fastdrop::dropout_factors<scalar_t>(variant.backward_variant, p);
   const bool affine = fastdrop::is_affine(variant.forward_variant, p);
@@ -106,7 +106,7 @@ int check_dtype(at::ScalarType dtype) {
   const int64_t sizes[] = {1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 129, 1000, 2047, 2049, 4097, 32769, 100003};
   for (const VariantUnderTest& variant : kVariants) {
     for (int64_t size : sizes) {
-      for (double p : {0.1, 0.5, 0.97}) {
+      for (double p : {1e-6, 0.1, 0.5, 0.97, 0.99999}) {
         // Feature variants see the size as (N, C, L) with odd N, C and L.
         const at::Tensor input = variant.per_row ? at::randn({3, size, 5}) : at::randn({size});
         checks += check_variant<scalar_t>(variant, input.to(dtype), p);

@@ -1,0 +1,328 @@
+// Autograd for every fastdrop operator, registered in C++ so that a call costs
+// no Python: a forward records one node that keeps the 16-byte rng_state, and
+// its backward applies the same mask to the gradient through the *_backward
+// operators (which are linear in the gradient, so they are their own
+// derivatives: double backward works). Forward-mode AD applies that mask to
+// tangents. The in-place forms check and rebase history as torch's in-place
+// ops do, and bump the version counter (ADInplaceOrView), so a tensor saved by
+// another op and then dropped in place is caught in backward.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fastdrop {
+namespace {
+
+using at::Tensor;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> operator_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using ForwardSignature = std::tuple<Tensor, Tensor>(const Tensor&, double, std::optional<at::Generator>);
+using InplaceSignature = Tensor(Tensor&, double, std::optional<at::Generator>);
+using BackwardSignature = Tensor(const Tensor&, const Tensor&, double);
+using DropPathSignature = std::tuple<Tensor, Tensor>(const Tensor&, double, bool, bool, std::optional<at::Generator>);
+using DropPathBackwardSignature = Tensor(const Tensor&, const Tensor&, double, bool, bool);
+
+// Which mask a forward drew: its operator family, with what its backward operator needs.
+enum class Family { kDropout, kAlphaDropout, kFeatureDropout, kFeatureAlphaDropout, kDropPath };
+
+struct FamilyNames {
+  const char* forward;
+  const char* inplace;
+  const char* backward;
+  const char* node;
+};
+
+constexpr FamilyNames kFamilyNames[] = {
+    {"fastdrop::dropout", "fastdrop::dropout_", "fastdrop::dropout_backward", "FastdropDropoutBackward"},
+    {"fastdrop::alpha_dropout", "fastdrop::alpha_dropout_", "fastdrop::alpha_dropout_backward",
+     "FastdropAlphaDropoutBackward"},
+    {"fastdrop::feature_dropout", "fastdrop::feature_dropout_", "fastdrop::feature_dropout_backward",
+     "FastdropFeatureDropoutBackward"},
+    {"fastdrop::feature_alpha_dropout", "fastdrop::feature_alpha_dropout_",
+     "fastdrop::feature_alpha_dropout_backward", "FastdropFeatureAlphaDropoutBackward"},
+    {"fastdrop::drop_path", nullptr, "fastdrop::drop_path_backward", "FastdropDropPathBackward"},
+};
+
+const FamilyNames& names_of(Family family) { return kFamilyNames[static_cast<int>(family)]; }
+
+struct Mask {
+  Family family;
+  double p;
+  bool scale_by_keep = true;
+  bool per_sample = true;
+
+  // The forward's mask and scale applied to `tensor` (a gradient or a tangent).
+  Tensor apply(const Tensor& tensor, const Tensor& rng_state) const {
+    if (family == Family::kDropPath) {
+      static const auto drop_path_backward =
+          operator_handle<DropPathBackwardSignature>("fastdrop::drop_path_backward");
+      return drop_path_backward.call(tensor, rng_state, p, scale_by_keep, per_sample);
+    }
+    static const c10::TypedOperatorHandle<BackwardSignature> backwards[] = {
+        operator_handle<BackwardSignature>(kFamilyNames[0].backward),
+        operator_handle<BackwardSignature>(kFamilyNames[1].backward),
+        operator_handle<BackwardSignature>(kFamilyNames[2].backward),
+        operator_handle<BackwardSignature>(kFamilyNames[3].backward),
+    };
+    return backwards[static_cast<int>(family)].call(tensor, rng_state, p);
+  }
+};
+
+// How an output's gradient reaches one input of the forward.
+enum class Role {
+  kMasked,         // the mask applied to it (the dropped operand)
+  kMaskedReduced,  // that, summed to the input's shape (a broadcast bias)
+  kIdentity,       // itself (a residual)
+};
+
+struct Operand {
+  const Tensor& tensor;
+  Role role;
+};
+
+// The backward of every fastdrop forward (and of the *_backward operators).
+struct MaskBackward : Node {
+  MaskBackward(Mask mask, std::vector<Role> roles) : mask_(mask), roles_(std::move(roles)) {}
+
+  std::string name() const override { return names_of(mask_.family).node; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rng_state_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(roles_.size());
+    const Tensor& grad = grads[0];
+    if (!grad.defined()) return result;
+    Tensor masked;
+    for (size_t i = 0; i < roles_.size(); ++i) {
+      if (!task_should_compute_output(i)) continue;
+      if (roles_[i] == Role::kIdentity) {
+        result[i] = grad;
+        continue;
+      }
+      if (!masked.defined()) masked = mask_.apply(grad, rng_state_.unpack());
+      result[i] = roles_[i] == Role::kMasked ? masked : at::sum_to(masked, reduced_sizes_);
+    }
+    return result;
+  }
+
+  Mask mask_;
+  std::vector<Role> roles_;
+  SavedVariable rng_state_;
+  std::vector<c10::SymInt> reduced_sizes_;  // the kMaskedReduced operand's shape
+};
+
+// Records the history of output = forward(operands) whose mask rng_state
+// holds, for backward and for forward-mode AD.
+void record(const Tensor& output, const Tensor& rng_state, const Mask& mask,
+            std::initializer_list<Operand> operands) {
+  bool requires_grad = false;
+  bool has_tangent = false;
+  for (const Operand& operand : operands) {
+    requires_grad |= torch::autograd::compute_requires_grad(operand.tensor);
+    has_tangent |= torch::autograd::isFwGradDefined(operand.tensor);
+  }
+  if (requires_grad) {
+    torch::autograd::edge_list edges;
+    auto node = c10::make_intrusive<MaskBackward>(mask, std::vector<Role>{});
+    for (const Operand& operand : operands) {
+      node->roles_.push_back(operand.role);
+      edges.push_back(torch::autograd::impl::gradient_edge(operand.tensor));
+      if (operand.role == Role::kMaskedReduced) node->reduced_sizes_ = operand.tensor.sym_sizes().vec();
+    }
+    node->set_next_edges(std::move(edges));
+    node->rng_state_ = SavedVariable(rng_state, false);
+    torch::autograd::set_history(output, node);
+  }
+  if (has_tangent) {
+    // Tangents of the masked operands are summed (a bias broadcast) and masked
+    // once; those of identity operands (residuals) are added to that.
+    Tensor masked, identity;
+    for (const Operand& operand : operands) {
+      Tensor tangent = operand.tensor._fw_grad(/*level=*/0);
+      if (!tangent.defined()) continue;
+      Tensor& sum = operand.role == Role::kIdentity ? identity : masked;
+      if (operand.role == Role::kMaskedReduced) tangent = tangent.expand_as(output);
+      sum = sum.defined() ? sum + tangent : tangent;
+    }
+    Tensor tangent = masked.defined() ? mask.apply(masked, rng_state) : Tensor();
+    if (identity.defined()) tangent = tangent.defined() ? tangent + identity : identity;
+    output._set_fw_grad(tangent, /*level=*/0, /*is_inplace_op=*/false);
+  }
+}
+
+// What the forward, in-place and backward operators of a variant record.
+template <Family kFamily>
+std::tuple<Tensor, Tensor> forward_autograd(c10::DispatchKeySet keys, const Tensor& input, double p,
+                                            std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<ForwardSignature>(names_of(kFamily).forward);
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, input, p, std::move(generator));
+  }();
+  record(output, rng_state, Mask{kFamily, p}, {{input, Role::kMasked}});
+  return {output, rng_state};
+}
+
+template <Family kFamily>
+Tensor backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& rng_state, double p) {
+  static const auto op = operator_handle<BackwardSignature>(names_of(kFamily).backward);
+  Tensor grad_input = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, grad, rng_state, p);
+  }();
+  record(grad_input, rng_state, Mask{kFamily, p}, {{grad, Role::kMasked}});
+  return grad_input;
+}
+
+template <Family kFamily>
+Tensor inplace_autograd(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
+  const bool requires_grad = torch::autograd::compute_requires_grad(self);
+  torch::autograd::check_inplace(self, requires_grad);
+  c10::intrusive_ptr<MaskBackward> node;
+  if (requires_grad) {
+    node = c10::make_intrusive<MaskBackward>(Mask{kFamily, p}, std::vector<Role>{Role::kMasked});
+    node->set_next_edges(torch::autograd::collect_next_edges(self));
+  }
+  const Tensor rng_state = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, self, p, std::move(generator));
+  }();
+  if (node) {
+    node->rng_state_ = SavedVariable(rng_state, false);
+    torch::autograd::rebase_history(self, node);
+  }
+  if (torch::autograd::isFwGradDefined(self)) {
+    // A tangent is updated in place along with its primal.
+    Tensor tangent = self._fw_grad(/*level=*/0);
+    tangent.copy_(Mask{kFamily, p}.apply(tangent, rng_state));
+  }
+  return rng_state;
+}
+
+// The version-counter bump of an in-place form (what ADInplaceOrView does for torch's).
+template <Family kFamily>
+Tensor inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
+  Tensor rng_state;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    rng_state = op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, std::move(generator));
+  }
+  torch::autograd::increment_version(self);
+  return rng_state;
+}
+
+std::tuple<Tensor, Tensor> drop_path_autograd(c10::DispatchKeySet keys, const Tensor& input, double p,
+                                              bool scale_by_keep, bool per_sample,
+                                              std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<DropPathSignature>("fastdrop::drop_path");
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, input, p, scale_by_keep, per_sample, std::move(generator));
+  }();
+  record(output, rng_state, Mask{Family::kDropPath, p, scale_by_keep, per_sample}, {{input, Role::kMasked}});
+  return {output, rng_state};
+}
+
+Tensor drop_path_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& rng_state, double p,
+                                   bool scale_by_keep, bool per_sample) {
+  static const auto op = operator_handle<DropPathBackwardSignature>("fastdrop::drop_path_backward");
+  Tensor grad_input = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, grad, rng_state, p, scale_by_keep, per_sample);
+  }();
+  record(grad_input, rng_state, Mask{Family::kDropPath, p, scale_by_keep, per_sample}, {{grad, Role::kMasked}});
+  return grad_input;
+}
+
+std::tuple<Tensor, Tensor> drop_path_add_autograd(c10::DispatchKeySet keys, const Tensor& residual,
+                                                  const Tensor& branch, double p, bool scale_by_keep,
+                                                  std::optional<at::Generator> generator) {
+  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double, bool, std::optional<at::Generator>);
+  static const auto op = operator_handle<Signature>("fastdrop::drop_path_add");
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, residual, branch, p, scale_by_keep, std::move(generator));
+  }();
+  record(output, rng_state, Mask{Family::kDropPath, p, scale_by_keep, true},
+         {{residual, Role::kIdentity}, {branch, Role::kMasked}});
+  return {output, rng_state};
+}
+
+std::tuple<Tensor, Tensor> dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& residual,
+                                                const Tensor& input, double p,
+                                                std::optional<at::Generator> generator) {
+  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double, std::optional<at::Generator>);
+  static const auto op = operator_handle<Signature>("fastdrop::dropout_add");
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, residual, input, p, std::move(generator));
+  }();
+  record(output, rng_state, Mask{Family::kDropout, p}, {{residual, Role::kIdentity}, {input, Role::kMasked}});
+  return {output, rng_state};
+}
+
+std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& input,
+                                                     const Tensor& bias, const Tensor& residual, double p,
+                                                     std::optional<at::Generator> generator) {
+  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, double,
+                                               std::optional<at::Generator>);
+  static const auto op = operator_handle<Signature>("fastdrop::bias_dropout_add");
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, input, bias, residual, p, std::move(generator));
+  }();
+  record(output, rng_state, Mask{Family::kDropout, p},
+         {{input, Role::kMasked}, {bias, Role::kMaskedReduced}, {residual, Role::kIdentity}});
+  return {output, rng_state};
+}
+
+template <Family kFamily>
+void register_variant(torch::Library& m) {
+  const FamilyNames& names = names_of(kFamily);
+  m.impl(names.forward, TORCH_FN(forward_autograd<kFamily>));
+  m.impl(names.inplace, TORCH_FN(inplace_autograd<kFamily>));
+  m.impl(names.backward, TORCH_FN(backward_autograd<kFamily>));
+}
+
+}  // namespace
+}  // namespace fastdrop
+
+TORCH_LIBRARY_IMPL(fastdrop, Autograd, m) {
+  using namespace fastdrop;
+  register_variant<Family::kDropout>(m);
+  register_variant<Family::kAlphaDropout>(m);
+  register_variant<Family::kFeatureDropout>(m);
+  register_variant<Family::kFeatureAlphaDropout>(m);
+  m.impl("drop_path", TORCH_FN(drop_path_autograd));
+  m.impl("drop_path_backward", TORCH_FN(drop_path_backward_autograd));
+  m.impl("drop_path_add", TORCH_FN(drop_path_add_autograd));
+  m.impl("dropout_add", TORCH_FN(dropout_add_autograd));
+  m.impl("bias_dropout_add", TORCH_FN(bias_dropout_add_autograd));
+}
+
+TORCH_LIBRARY_IMPL(fastdrop, ADInplaceOrView, m) {
+  using namespace fastdrop;
+  m.impl("dropout_", TORCH_FN(inplace_version_bump<Family::kDropout>));
+  m.impl("alpha_dropout_", TORCH_FN(inplace_version_bump<Family::kAlphaDropout>));
+  m.impl("feature_dropout_", TORCH_FN(inplace_version_bump<Family::kFeatureDropout>));
+  m.impl("feature_alpha_dropout_", TORCH_FN(inplace_version_bump<Family::kFeatureAlphaDropout>));
+}

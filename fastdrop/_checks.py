@@ -1,0 +1,108 @@
+"""Every argument check of fastdrop's Python API, with the error types and
+messages of the function it replaces (torch's, timm's or torchvision's).
+
+The operators in torch.ops.fastdrop check again in C++ (and so do their Meta
+kernels, for tracing); these checks exist for what never reaches them: eval
+mode, the identity cases, and torch's own argument-parsing rules.
+"""
+
+import numbers
+
+import torch
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+
+
+def _type_name(value):
+    """The type name torch's argument parser prints (CPython's tp_name)."""
+    kind = type(value)
+    if kind.__flags__ & _HEAP_TYPE or kind.__module__ == "builtins":
+        return kind.__name__
+    return f"{kind.__module__}.{kind.__name__}"
+
+
+def probability_range(p):
+    """The range check torch's modules make at construction (comparing with the ints 0 and 1, so
+    that a str fails that comparison with torch's TypeError); NaN is refused too."""
+    if p < 0 or p > 1 or p != p:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def probability(p, function):
+    """p as a float, checked the way torch.nn.functional checks it.
+
+    torch compares p with 0 and 1 in Python first (so a str raises that
+    comparison's TypeError, and a multi-element tensor its RuntimeError), then
+    its argument parser takes any real number or a 0-dim tensor that does not
+    require grad. NaN is refused here too, where torch lets it through.
+    """
+    if type(p) is float:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        return p
+    if p < 0.0 or p > 1.0 or p != p:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if isinstance(p, torch.Tensor):
+        if p.dim() != 0 or p.requires_grad:
+            raise TypeError(f"{function}(): argument 'p' (position 2) must be float, not {_type_name(p)}")
+        return float(p)
+    if isinstance(p, (int, float)) or (type(p).__module__ == "numpy" and isinstance(p, numbers.Real)):
+        return float(p)
+    raise TypeError(f"{function}(): argument 'p' (position 2) must be float, not {_type_name(p)}")
+
+
+def training_flag(training, function):
+    """torch's argument parser takes only a bool for `train` (not 0, None or a numpy bool)."""
+    if training is not True and training is not False:
+        raise TypeError(f"{function}(): argument 'train' (position 3) must be bool, not {_type_name(training)}")
+
+
+def drop_probability(p):
+    """timm's and torchvision's drop rate: a real number in [0, 1] (NaN refused)."""
+    if isinstance(p, bool) or not isinstance(p, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"drop probability must be a real number, but got {_type_name(p)}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    return float(p)
+
+
+def stochastic_depth_mode(mode):
+    if mode not in ("batch", "row"):
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+
+
+def same_operands(a, a_name, b, b_name, op):
+    """The operand checks of the fused residual forms, as the C++ operators make them."""
+    if a.shape != b.shape:
+        raise RuntimeError(
+            f"fastdrop.{op}: {a_name} and {b_name} must have the same shape, but got {list(a.shape)} and {list(b.shape)}"
+        )
+    if a.device != b.device:
+        raise RuntimeError(
+            f"fastdrop.{op}: {a_name} and {b_name} must be on the same device, but got {a.device} and {b.device}"
+        )
+    if a.dtype != b.dtype:
+        raise RuntimeError(
+            f"fastdrop.{op}: {a_name} and {b_name} must have the same dtype, but got {a.dtype} and {b.dtype}"
+        )
+
+
+def bias_operand(input, bias, op):
+    if not (bias.dim() == 1 and input.dim() >= 1 and bias.shape[0] == input.shape[-1]):
+        raise RuntimeError(
+            f"fastdrop.{op}: bias must be 1-D with the size of input's last dim, but got shape {list(bias.shape)}"
+        )
+    if bias.device != input.device:
+        raise RuntimeError(f"fastdrop.{op}: bias must be on the input's device ({input.device}), but got {bias.device}")
+    if bias.dtype != input.dtype:
+        raise RuntimeError(f"fastdrop.{op}: bias must have the input's dtype ({input.dtype}), but got {bias.dtype}")
+
+
+def unsigned_64(value, name):
+    """A seed or an offset: an int in [0, 2^64), returned as the int64 bit pattern a state tensor holds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"dropout_with_seed(): {name} must be an int, not {_type_name(value)}")
+    value = int(value)
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"dropout_with_seed(): {name} must be in [0, 2**64), but got {value}")
+    return value - (1 << 64) if value >= 1 << 63 else value
