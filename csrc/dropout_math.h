@@ -15,7 +15,7 @@ namespace fastdrop {
 // multiply-add, which would round differently from torch's separate ops.
 template <typename T>
 FASTDROP_HOST_DEVICE T mul_rounded(T a, T b) {
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
   if constexpr (sizeof(T) == sizeof(double)) {
     return __dmul_rn(a, b);
   } else {
@@ -28,7 +28,7 @@ FASTDROP_HOST_DEVICE T mul_rounded(T a, T b) {
 
 template <typename T>
 FASTDROP_HOST_DEVICE T add_rounded(T a, T b) {
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
   if constexpr (sizeof(T) == sizeof(double)) {
     return __dadd_rn(a, b);
   } else {

@@ -15,10 +15,6 @@
 
 namespace fastdrop {
 
-inline void check_feature_input(const at::Tensor& input) {
-  TORCH_CHECK(input.dim() >= 2, "Feature dropout requires at least 2 dimensions in the input");
-}
-
 inline void no_check(const at::Tensor&) {}
 
 constexpr int64_t kChannelGroups = 2;  // feature dropout: one decision per (n, c)

@@ -42,7 +42,7 @@ struct LogicalCursor {
 
   FASTDROP_HOST_DEVICE void seek(const StridedLayout<kOperands>& layout, int64_t index) {
     for (int k = 0; k < kOperands; ++k) offset[k] = 0;
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
 #pragma unroll
 #endif
     for (int d = kMaxLayoutDims - 1; d >= 0; --d) {
@@ -56,7 +56,7 @@ struct LogicalCursor {
 
   FASTDROP_HOST_DEVICE void next(const StridedLayout<kOperands>& layout) {
     bool carry = true;
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
 #pragma unroll
 #endif
     for (int d = kMaxLayoutDims - 1; d >= 0; --d) {

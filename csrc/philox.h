@@ -5,7 +5,30 @@
 #include <cmath>
 #include <cstdint>
 
+// The emulated CUDA build (cuda/emulation/) compiles the kernels with the host
+// compiler; its shim must come first, so that the device branches below are
+// the ones it runs.
+#if defined(FASTDROP_EMULATE_CUDA) && !defined(FASTDROP_CUDA_SHIM)
+#error "the emulated CUDA build includes cuda/emulation/shim.h before everything else (-include)"
+#endif
+
+// True where the code runs as a GPU kernel would: nvcc's device pass, and the
+// emulated CUDA build, which runs those same branches on the CPU.
+#if defined(__CUDA_ARCH__) || defined(FASTDROP_EMULATE_CUDA)
+#define FASTDROP_DEVICE_CODE 1
+#else
+#define FASTDROP_DEVICE_CODE 0
+#endif
+
+// Rare paths (a tie on the first 16 bits, a pack that crosses a row) stay out
+// of line, so that a kernel's loop holds only what every element pays.
 #if defined(__CUDACC__)
+#define FASTDROP_COLD __host__ __device__ __noinline__ inline
+#else
+#define FASTDROP_COLD inline __attribute__((noinline))
+#endif
+
+#if defined(__CUDACC__) || defined(FASTDROP_EMULATE_CUDA)
 #define FASTDROP_HOST_DEVICE __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
 // Always inlined, so the CPU's ISA-cloned loops get vectorizable copies.
@@ -27,7 +50,7 @@ struct PhiloxBlock {
 };
 
 FASTDROP_HOST_DEVICE void mul_hi_lo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
   lo = a * b;
   hi = __umulhi(a, b);
 #else
@@ -39,7 +62,7 @@ FASTDROP_HOST_DEVICE void mul_hi_lo(uint32_t a, uint32_t b, uint32_t& hi, uint32
 
 FASTDROP_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock counter, uint32_t key0, uint32_t key1) {
   uint32_t* c = counter.word;
-#if defined(__CUDA_ARCH__)
+#if FASTDROP_DEVICE_CODE
 #pragma unroll
 #endif
   for (int round = 0; round < kPhiloxRounds; ++round) {
@@ -127,14 +150,22 @@ inline DropThreshold drop_threshold(double p) {
 }
 
 // A tie on the first 16 bits: compares U's following bits with p's, 32 at a
-// time. Each step's digit and remainder are exact in double arithmetic.
-FASTDROP_HOST_DEVICE bool keeps_on_tie(uint64_t seed, uint64_t offset, uint64_t index, double remainder) {
+// time. Each step's digit and remainder are exact in double arithmetic (the
+// _rn forms only keep a compiler from fusing them, which would be exact too).
+FASTDROP_COLD bool keeps_on_tie(uint64_t seed, uint64_t offset, uint64_t index, double remainder) {
   for (int w = 0; remainder != 0.0; ++w) {
+#if FASTDROP_DEVICE_CODE
+    const double scaled = __dmul_rn(remainder, 4294967296.0);
+    const double digit = floor(scaled);
+    const double next = __dadd_rn(scaled, -digit);
+#else
     const double scaled = remainder * 4294967296.0;
     const double digit = floor(scaled);
+    const double next = scaled - digit;
+#endif
     const uint32_t bits = extension_word(seed, offset, index, w);
     if (bits != static_cast<uint32_t>(digit)) return bits > static_cast<uint32_t>(digit);
-    remainder = scaled - digit;
+    remainder = next;
   }
   return true;  // U's bits so far equal all of p's: U >= p
 }

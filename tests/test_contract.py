@@ -345,15 +345,25 @@ def test_cuda_graph_replays_draw_fresh_masks():
 
 @requires_cuda
 def test_64_bit_indexing_past_2_to_the_31():
-    numel = 2**31 + 77
-    if torch.cuda.get_device_properties(0).total_memory < 3 * numel * 2:
+    # 2^31 + 17 elements: the contiguous kernels index in 64 bits, the grouped
+    # ones run in 32-bit pieces; the last elements' decisions are the contract's,
+    # and the CPU kernels regenerate the same values.
+    numel = 2**31 + 17
+    if torch.cuda.get_device_properties(0).total_memory < 4 * numel * 2 + (1 << 30):
         pytest.skip("not enough GPU memory")
     x = torch.ones(numel, dtype=torch.bfloat16, device="cuda")
     y, rng_state = ops.dropout(x, 0.5)
     tail = torch.arange(numel - 4096, numel, dtype=torch.int64)
     expected = torch.from_numpy(keeps(*(int(v) % 2**64 for v in rng_state.tolist()), tail.numpy(), 0.5))
     assert torch.equal((y[-4096:] != 0).cpu(), expected)
-    del x, y
+    del y
+    # Channels of 8 elements: 2^28 + 2 channels, split into pieces; the last 512 channels checked on the CPU.
+    channels = x.view(-1)[: (numel // 8) * 8].view(1, -1, 8)
+    z, channel_state = ops.feature_dropout(channels, 0.5)
+    keep = torch.from_numpy(keeps(*(int(v) % 2**64 for v in channel_state.tolist()),
+                                  np.arange(channels.shape[1] - 512, channels.shape[1]), 0.5))
+    assert torch.equal((z[0, -512:, 0] != 0).cpu(), keep)
+    del x, z
     torch.cuda.empty_cache()
 
 

@@ -275,6 +275,7 @@ def test_gradcheck_every_fused_form(device):
         assert torch.autograd.gradgradcheck(fn, inputs)
 
 
+@pytest.mark.traces
 def test_opcheck_every_new_op(device):
     r, x = torch.randn(6, 8, device=device), torch.randn(6, 8, device=device)
     b = torch.randn(8, device=device)
@@ -291,6 +292,7 @@ def test_opcheck_every_new_op(device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.traces
 def test_compile_fullgraph(device):
     block = fastdrop.nn.StochasticDepthBlock(torch.nn.Linear(8, 8), 0.3).to(device)
 

@@ -199,6 +199,7 @@ def test_double_backward_uses_the_same_mask(device):
 # ------------------------------------------------- torch.library / compile ----
 
 
+@pytest.mark.traces
 def test_opcheck(device):
     x = torch.randn(8, 17, device=device)
     rng_state = ops.dropout(x, 0.3)[1]
@@ -211,6 +212,7 @@ def test_opcheck(device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.traces
 def test_compile_fullgraph_matches_eager(device):
     module = fastdrop.nn.Dropout(0.2)
 

@@ -229,6 +229,7 @@ def test_saves_sixteen_bytes(device, ours, theirs):
     assert saved_bytes(theirs, x) > 16
 
 
+@pytest.mark.traces
 def test_opcheck_every_op(device):
     x = torch.randn(4, 6, 9, device=device)
     for name in VARIANT_NAMES:
@@ -240,6 +241,7 @@ def test_opcheck_every_op(device):
         )
 
 
+@pytest.mark.traces
 def test_compile_fullgraph_with_every_module(device):
     modules = torch.nn.ModuleList(
         [

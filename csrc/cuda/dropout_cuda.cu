@@ -1,156 +1,196 @@
-// Element-wise decisions on CUDA: dropout, alpha dropout, and the residual
-// epilogues dropout_add (residual + dropout(x)) and bias_dropout_add
-// (residual + dropout(x + bias)). One thread per Philox block of 8 logically
-// consecutive elements (16-byte loads and stores where aligned), one kernel
-// launch per pass; backward regenerates the mask from rng_state.
+// Element-wise decisions on CUDA: dropout and alpha dropout (forward and
+// backward), and the residual epilogues dropout_add (residual + dropout(x))
+// and bias_dropout_add (residual + dropout(x + bias)). A thread takes one pack
+// per iteration of a grid-stride loop: the 8 logically consecutive elements
+// of one Philox block. Contiguous tensors move with 16-byte accesses where
+// aligned; any other layout goes through an IndexMap, one multiply-shift per
+// dim and pack. Backward regenerates the mask from rng_state.
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
 #include "../entry_points.h"
+#include "index_map.cuh"
 #include "op_helpers.cuh"
+#include "pack.cuh"
 
 namespace fastdrop::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename scalar_t, bool kAffine, bool kVectorized, typename Rng>
+// dropout / alpha dropout of contiguous, 16-byte aligned tensors. Full packs
+// in the loop; the partial last pack after it, by the thread whose turn that
+// pack would be.
+template <typename scalar_t, bool kAffine>
 __global__ void __launch_bounds__(kThreads)
-    elementwise_contiguous_kernel(const scalar_t* in, scalar_t* out, int64_t numel, Rng rng_source,
+    elementwise_contiguous_kernel(const scalar_t* in, scalar_t* out, int64_t numel, KernelRng rng_source,
                                   DropThreshold threshold, DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
-  const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  for (int64_t block = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; block < blocks;
-       block += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PhiloxBlock bits = contract_block(rng.seed, rng.offset, static_cast<uint64_t>(block));
-    const int64_t first = block * kElementsPerBlock;
-    if (kVectorized && first + kElementsPerBlock <= numel) {
-      Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(in + first);
+  const int64_t full_packs = numel / kElementsPerBlock;
+  int64_t pack = first_pack();
+  for (; pack < full_packs; pack += pack_stride()) {
+    const int64_t first = pack * kElementsPerBlock;
+    bool kept[kElementsPerBlock];
+    decide_pack(contract_block(rng.seed, rng.offset, pack), threshold, rng, first, kept);
+    Pack8<scalar_t> x = load_pack(in + first);
 #pragma unroll
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        pack.value[lane] =
-            apply_dropout<kAffine>(pack.value[lane], keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors);
-      }
-      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = pack;
-    } else {
-#pragma unroll
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        if (first + lane < numel) {
-          out[first + lane] =
-              apply_dropout<kAffine>(in[first + lane], keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors);
-        }
-      }
+    for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+      x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept[lane], factors);
     }
+    store_pack(out + first, x);
   }
+  if (!takes_partial_pack(pack, full_packs, numel)) return;
+  const PhiloxBlock bits = contract_block(rng.seed, rng.offset, full_packs);
+  for_partial_pack(full_packs, numel, [&](int64_t index, int lane) {
+    const bool kept = keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, index);
+    out[index] = apply_dropout<kAffine>(in[index], kept, factors);
+  });
 }
 
-// residual + dropout(in [+ bias[column]]) on contiguous tensors; bias has
-// `columns` elements, broadcast over the last dim.
-template <typename scalar_t, bool kBias, bool kVectorized, typename Rng>
+// residual + dropout(input [+ bias]) on contiguous, 16-byte aligned operands;
+// the bias (broadcast over the last dim, `columns` long, a multiple of 8) is
+// read a pack at a time. Its column advances with the loop, without a division.
+template <typename scalar_t, bool kBias>
 __global__ void __launch_bounds__(kThreads)
-    add_dropout_contiguous_kernel(const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
-                                  int64_t columns, scalar_t* out, int64_t numel, Rng rng_source, DropThreshold threshold,
+    add_dropout_contiguous_kernel(const scalar_t* in, const scalar_t* residual, const scalar_t* bias, int64_t columns,
+                                  scalar_t* out, int64_t numel, KernelRng rng_source, DropThreshold threshold,
                                   DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
-  const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  for (int64_t block = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; block < blocks;
-       block += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PhiloxBlock bits = contract_block(rng.seed, rng.offset, static_cast<uint64_t>(block));
-    const int64_t first = block * kElementsPerBlock;
-    int64_t column = kBias ? first % columns : 0;
-    if (kVectorized && first + kElementsPerBlock <= numel) {
-      Pack8<scalar_t> x = *reinterpret_cast<const Pack8<scalar_t>*>(in + first);
-      Pack8<scalar_t> result = *reinterpret_cast<const Pack8<scalar_t>*>(residual + first);
+  const int64_t full_packs = numel / kElementsPerBlock;
+  int64_t pack = first_pack();
+  const int64_t step = pack_stride();
+  int64_t column = kBias ? pack * kElementsPerBlock % columns : 0;
+  const int64_t column_step = kBias ? step * kElementsPerBlock % columns : 0;
+  for (; pack < full_packs; pack += step) {
+    const int64_t first = pack * kElementsPerBlock;
+    bool kept[kElementsPerBlock];
+    decide_pack(contract_block(rng.seed, rng.offset, pack), threshold, rng, first, kept);
+    Pack8<scalar_t> x = load_pack(in + first);
+    Pack8<scalar_t> result = load_pack(residual + first);
+    if constexpr (kBias) {
+      const Pack8<scalar_t> b = load_pack(bias + column);
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) x.value[lane] = add_elements(x.value[lane], b.value[lane]);
+    }
+#pragma unroll
+    for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+      result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], kept[lane], factors));
+    }
+    store_pack(out + first, result);
+    if constexpr (kBias) {
+      column += column_step;
+      if (column >= columns) column -= columns;
+    }
+  }
+  if (!takes_partial_pack(pack, full_packs, numel)) return;
+  const PhiloxBlock bits = contract_block(rng.seed, rng.offset, full_packs);
+  for_partial_pack(full_packs, numel, [&](int64_t index, int lane) {
+    const bool kept = keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, index);
+    scalar_t value = in[index];
+    if constexpr (kBias) value = add_elements(value, bias[index % columns]);
+    out[index] = add_elements(residual[index], apply_dropout<false>(value, kept, factors));
+  });
+}
+
+// Any layout (32-bit indices, up to 4 dims). A pack within one innermost row
+// steps through it by the row's strides; a pack across rows (or the partial
+// last one) locates each element.
+template <typename scalar_t, bool kAffine, int kOperands>
+__global__ void __launch_bounds__(kThreads)
+    elementwise_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
+                               StridedMap<kOperands> map, int64_t numel, KernelRng rng_source,
+                               DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+  const RngState rng = rng_source.load();
+  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
+  // One element, its operands at out_at, in_at, residual_at, bias_at.
+  auto element = [&](scalar_t* o, const scalar_t* x, const scalar_t* r, const scalar_t* b, bool kept) {
+    scalar_t value = *x;
+    if constexpr (kOperands == 4) value = add_elements(value, *b);
+    if constexpr (kOperands == 2) {
+      *o = apply_dropout<kAffine>(value, kept, factors);
+    } else {
+      *o = add_elements(*r, apply_dropout<false>(value, kept, factors));
+    }
+  };
+  for (int64_t pack = first_pack(); pack < packs; pack += pack_stride()) {
+    const int64_t first = pack * kElementsPerBlock;
+    bool kept[kElementsPerBlock];
+    decide_pack(contract_block(rng.seed, rng.offset, pack), threshold, rng, first, kept);
+    int32_t at[kOperands];
+    const int32_t inner = map.locate(static_cast<int32_t>(first), at);
+    if (!rare(inner + kElementsPerBlock > map.inner_size() || first + kElementsPerBlock > numel)) {
+      scalar_t* o = out + at[0];
+      const scalar_t* x = in + at[1];
+      const scalar_t* r = kOperands >= 3 ? residual + at[2] : nullptr;
+      const scalar_t* b = kOperands == 4 ? bias + at[3] : nullptr;
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        scalar_t value = x.value[lane];
-        if constexpr (kBias) {
-          value = add_elements(value, bias[column]);
-          column = column + 1 == columns ? 0 : column + 1;
-        }
-        result.value[lane] = add_elements(
-            result.value[lane], apply_dropout<false>(value, keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors));
+        element(o + lane * map.inner_stride(0), x + lane * map.inner_stride(1),
+                kOperands >= 3 ? r + lane * map.inner_stride(2) : nullptr,
+                kOperands == 4 ? b + lane * map.inner_stride(3) : nullptr, kept[lane]);
       }
-      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = result;
     } else {
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         if (first + lane < numel) {
-          scalar_t value = in[first + lane];
-          if constexpr (kBias) {
-            value = add_elements(value, bias[column]);
-            column = column + 1 == columns ? 0 : column + 1;
-          }
-          out[first + lane] = add_elements(
-              residual[first + lane], apply_dropout<false>(value, keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane)), factors));
+          map.locate(static_cast<int32_t>(first + lane), at);
+          element(out + at[0], in + at[1], kOperands >= 3 ? residual + at[2] : nullptr,
+                  kOperands == 4 ? bias + at[3] : nullptr, kept[lane]);
         }
       }
     }
   }
 }
 
-// Any layout: operands (output, input[, residual[, bias]]); each block's 8
-// logical elements through the strides.
-template <typename scalar_t, bool kAffine, int kOperands, typename Rng>
-__global__ void __launch_bounds__(kThreads)
-    elementwise_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
-                               StridedLayout<kOperands> layout, int64_t numel, Rng rng_source, DropThreshold threshold,
-                               DropoutFactors<scalar_t> factors) {
-  const RngState rng = rng_source.load();
-  const int64_t blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  LogicalCursor<kOperands> cursor;
-  for (int64_t block = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; block < blocks;
-       block += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PhiloxBlock bits = contract_block(rng.seed, rng.offset, static_cast<uint64_t>(block));
-    const int64_t first = block * kElementsPerBlock;
-    cursor.seek(layout, first);
-    // Not unrolled: eight copies of the strided walk cost more registers than they save.
-#pragma unroll 1
-    for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-      if (first + lane < numel) {
-        const bool kept = keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, static_cast<uint64_t>(first + lane));
-        scalar_t value = in[cursor.offset[1]];
-        if constexpr (kOperands == 4) value = add_elements(value, bias[cursor.offset[3]]);
-        if constexpr (kOperands == 2) {
-          out[cursor.offset[0]] = apply_dropout<kAffine>(value, kept, factors);
-        } else {
-          out[cursor.offset[0]] = add_elements(residual[cursor.offset[2]], apply_dropout<false>(value, kept, factors));
-        }
-        cursor.next(layout);
-      }
-    }
-  }
+int grid_for(int64_t numel) { return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads); }
+
+template <typename scalar_t, bool kAffine, int kOperands>
+void launch_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in,
+                    const scalar_t* residual, const scalar_t* bias, int64_t numel, const KernelRng& rng,
+                    const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
+  FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), elementwise_strided_kernel<scalar_t, kAffine, kOperands>)(
+      out, in, residual, bias, StridedMap<kOperands>(layout), numel, rng, threshold, factors);
+  check_launch();
 }
 
-int blocks_for(int64_t numel) {
-  return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
+// Whether the tensors take the contiguous kernels: contiguous and 16-byte aligned.
+template <size_t kTensors>
+bool vectorizable(const std::array<at::Tensor, kTensors>& tensors) {
+  for (const at::Tensor& tensor : tensors) {
+    if (!tensor.is_contiguous() || !is_16_byte_aligned(tensor.const_data_ptr())) return false;
+  }
+  return true;
+}
+
+// The element-wise layout where the kernels take it: vectorizable (any size),
+// or within StridedMap's reach; else none, and with_layout runs the op on
+// contiguous copies (fresh allocations, so aligned).
+template <size_t kTensors>
+std::optional<StridedLayout<kTensors>> kernel_layout(const std::array<at::Tensor, kTensors>& tensors) {
+  const auto layout = elementwise_layout<kTensors>(tensors);
+  if (layout && !vectorizable(tensors) && !fits_strided_map(*layout, tensors[0].numel())) return std::nullopt;
+  return layout;
 }
 
 // The kernel behind dropout and alpha dropout, forward and backward.
 auto elementwise_kernel(Variant variant, double p) {
-  return [variant, p](const at::Tensor& input, at::Tensor& output, auto rng) {
+  return [variant, p](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
-    const int grid = blocks_for(numel);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    with_layout<2>({output, input}, elementwise_layout<2>, [&](const StridedLayout<2>& layout, const auto& t) {
+    with_layout<2>({output, input}, kernel_layout<2>, [&](const StridedLayout<2>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_cuda", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         with_affine(is_affine(variant, p), [&](auto affine) {
           constexpr bool kAffine = decltype(affine)::value;
-          if (!layout.flat_and_contiguous()) {
-            elementwise_strided_kernel<scalar_t, kAffine, 2><<<grid, kThreads, 0, stream>>>(
-                out, in, nullptr, nullptr, layout, numel, rng, threshold, factors);
-          } else if (is_16_byte_aligned(in) && is_16_byte_aligned(out)) {
-            elementwise_contiguous_kernel<scalar_t, kAffine, true>
-                <<<grid, kThreads, 0, stream>>>(in, out, numel, rng, threshold, factors);
-          } else {
-            elementwise_contiguous_kernel<scalar_t, kAffine, false>
-                <<<grid, kThreads, 0, stream>>>(in, out, numel, rng, threshold, factors);
+          if (!vectorizable(t)) {
+            launch_strided<scalar_t, kAffine>(layout, out, in, nullptr, nullptr, numel, rng, threshold, factors);
+            return;
           }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), elementwise_contiguous_kernel<scalar_t, kAffine>)(
+              in, out, numel, rng, threshold, factors);
+          check_launch();
         });
       });
     });
@@ -159,39 +199,36 @@ auto elementwise_kernel(Variant variant, double p) {
 
 // residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
 auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
-  return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, auto rng) {
+  return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
-    const int grid = blocks_for(numel);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t columns = bias.defined() ? input.size(-1) : 1;
+    // The contiguous kernel reads the bias a pack at a time: a row of whole packs, aligned.
+    const bool bias_packs =
+        !bias.defined() || (bias.is_contiguous() && columns % kElementsPerBlock == 0 && is_16_byte_aligned(bias.const_data_ptr()));
     auto launch = [&](auto tensors) {
-      constexpr size_t kTensors = std::tuple_size_v<decltype(tensors)>;
+      constexpr int kTensors = static_cast<int>(std::tuple_size_v<decltype(tensors)>);
       constexpr bool kBias = kTensors == 4;
-      with_layout<kTensors>(tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout,
-                                                                      const auto& t) {
+      auto fast = [&](const auto& t) {
+        return bias_packs && vectorizable(std::array<at::Tensor, 3>{t[0], t[1], t[2]});
+      };
+      auto make = [&](const std::array<at::Tensor, kTensors>& t) {
+        return fast(t) ? elementwise_layout<kTensors>(t) : kernel_layout<kTensors>(t);
+      };
+      with_layout<kTensors>(tensors, make, [&](const StridedLayout<kTensors>& layout, const auto& t) {
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cuda", [&] {
           const auto factors = dropout_factors<scalar_t>(Variant::kDropout, p);
           scalar_t* out = t[0].template data_ptr<scalar_t>();
           const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
           const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
           const scalar_t* b = kBias ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
-          // Contiguous operands (the bias broadcast along the last dim) take the fast kernels.
-          const bool contiguous = t[0].is_contiguous() && t[1].is_contiguous() && t[2].is_contiguous() &&
-                                  (!kBias || bias.is_contiguous());
-          const int64_t columns = kBias ? input.size(-1) : 1;
-          if (!contiguous) {
-            elementwise_strided_kernel<scalar_t, false, static_cast<int>(kTensors)><<<grid, kThreads, 0, stream>>>(
-                out, in, res, b, layout, numel, rng, threshold, factors);
-          } else if (is_16_byte_aligned(in) && is_16_byte_aligned(res) && is_16_byte_aligned(out)) {
-            add_dropout_contiguous_kernel<scalar_t, kBias, true><<<grid, kThreads, 0, stream>>>(
-                in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold,
-                factors);
-          } else {
-            add_dropout_contiguous_kernel<scalar_t, kBias, false><<<grid, kThreads, 0, stream>>>(
-                in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold,
-                factors);
+          if (!fast(t)) {
+            launch_strided<scalar_t, false>(layout, out, in, res, b, numel, rng, threshold, factors);
+            return;
           }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), add_dropout_contiguous_kernel<scalar_t, kBias>)(
+              in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold, factors);
+          check_launch();
         });
       });
     };

@@ -1,151 +1,349 @@
 // Grouped decisions on CUDA: feature dropout and feature alpha dropout (per
 // channel), drop path and stochastic depth (per sample or per batch), and
-// drop_path_add, which never loads a dropped sample's branch. One thread per
-// 8 consecutive elements in the output's memory order (so channels_last is as
-// coalesced as NCHW), each element's group found through the layout's last
-// operand (grouped_layout); a thread computes one Philox block per 8 distinct
-// groups it meets.
+// drop_path_add, which never loads a dropped sample's branch. Threads take
+// packs of 8 elements consecutive in the output's memory order (so
+// channels_last is as coalesced as NCHW); grouped_layout gives each element's
+// group index as the layout's last operand. Dense tensors whose rows hold
+// whole packs make one decision per pack (a row of one channel or sample) or
+// read 8 consecutive channels' decisions from one Philox block
+// (channels_last); any other layout locates each pack through an IndexMap.
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
 #include "../entry_points.h"
+#include "index_map.cuh"
 #include "op_helpers.cuh"
+#include "pack.cuh"
 
 namespace fastdrop::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-// The decisions of groups, remembering the last Philox block.
-struct GroupDecisions {
-  RngState rng;
-  DropThreshold threshold;
-  uint64_t block = ~uint64_t(0);
-  PhiloxBlock bits;
+// The group of each memory-order index of a dense piece of a tensor (fewer
+// than 2^31 elements, so every index and group offset within it is 32-bit):
+// up to 3 dims, innermost first, and the group where the piece starts.
+struct DenseGroups {
+  FastDivisor<uint32_t> sizes[2];  // the two inner dims; the outermost takes what is left
+  uint32_t strides[3];             // group strides
+  int64_t base;
 
-  __device__ bool keeps_group(uint64_t group) {
-    if (group / kElementsPerBlock != block) {
-      block = group / kElementsPerBlock;
-      bits = contract_block(rng.seed, rng.offset, block);
-    }
-    return keeps(element_bits(bits, static_cast<int>(group % kElementsPerBlock)), threshold, rng.seed, rng.offset,
-                 group);
+  // The group's offset from base.
+  __device__ __forceinline__ uint32_t relative(int32_t index) const {
+    const uint32_t i = static_cast<uint32_t>(index);
+    const uint32_t q0 = sizes[0].quotient(i), q1 = sizes[1].quotient(q0);
+    const uint32_t c0 = i - q0 * sizes[0].divisor, c1 = q0 - q1 * sizes[1].divisor;
+    return c0 * strides[0] + c1 * strides[1] + q1 * strides[2];
   }
+
+  __device__ __forceinline__ uint64_t of(int32_t index) const { return static_cast<uint64_t>(base) + relative(index); }
+
 };
 
-// kDense: every tensor is dense with the output's strides, so the i-th element
-// in memory order sits at offset i of each, and 16-byte loads apply.
-template <typename scalar_t, bool kAffine, bool kDense, typename Rng>
+// Dense rows of one group each (an NCHW channel, a sample, the whole batch):
+// every operand dense with the output's strides and 16-byte aligned, each row
+// a whole number of packs (or the layout a single row), so a pack makes one
+// decision. `groups` maps a memory-order index to its group. The partial last
+// pack (a single row) is done after the loop by the thread whose turn it would be.
+template <typename scalar_t, bool kAffine>
 __global__ void __launch_bounds__(kThreads)
-    grouped_device_kernel(const scalar_t* in, scalar_t* out, StridedLayout<3> layout, int64_t numel, Rng rng_source,
-                   DropThreshold threshold, DropoutFactors<scalar_t> factors) {
-  GroupDecisions decisions{rng_source.load(), threshold};
-  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  LogicalCursor<3> cursor;
-  for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
-       pack_index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t first = pack_index * kElementsPerBlock;
-    cursor.seek(layout, first);
-    if (kDense && first + kElementsPerBlock <= numel) {
-      Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(in + first);
+    grouped_rows_kernel(const scalar_t* in, scalar_t* out, DenseGroups groups, int32_t numel, KernelRng rng_source,
+                        DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+  const RngState rng = rng_source.load();
+  const int32_t full_packs = numel / kElementsPerBlock;
+  int32_t pack = static_cast<int32_t>(first_pack());
+  for (; pack < full_packs; pack += static_cast<int32_t>(pack_stride())) {
+    const int32_t first = pack * kElementsPerBlock;
+    const bool kept = keeps_group(groups.of(first), threshold, rng);
+    Pack8<scalar_t> x = load_pack(in + first);
+#pragma unroll
+    for (int lane = 0; lane < kElementsPerBlock; ++lane) x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept, factors);
+    store_pack(out + first, x);
+  }
+  if (!takes_partial_pack(pack, full_packs, numel)) return;
+  const bool kept = keeps_group(groups.of(full_packs * kElementsPerBlock), threshold, rng);  // a single row: one group
+  for_partial_pack(full_packs, numel, [&](int32_t index, int) { out[index] = apply_dropout<kAffine>(in[index], kept, factors); });
+}
+
+// Dense channels-innermost tensors (channels_last): memory order [A, B, C],
+// group a * group_stride + c, the same for every b (pixel). C and the group
+// stride are multiples of 8, so a pack holds 8 consecutive channels whose
+// decisions are one Philox block; a thread takes the same pack of channels
+// at two consecutive pixels, so one block serves 16 elements.
+struct ChannelPairs {
+  FastDivisor<uint32_t> channel_packs;  // C / 8
+  FastDivisor<uint32_t> pixel_pairs;    // ceil(B / 2)
+  uint32_t pixels;                      // B
+  uint32_t block_stride;                // group stride / 8
+  int64_t first_block;                  // the piece's first group / 8
+};
+
+template <typename scalar_t, bool kAffine>
+__global__ void __launch_bounds__(kThreads)
+    grouped_channels_kernel(const scalar_t* in, scalar_t* out, ChannelPairs layout, int32_t units, KernelRng rng_source,
+                            DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+  const RngState rng = rng_source.load();
+  const uint32_t channel_packs = layout.channel_packs.divisor;
+  for (int32_t unit = static_cast<int32_t>(first_pack()); unit < units; unit += static_cast<int32_t>(pack_stride())) {
+    const uint32_t rest = layout.channel_packs.quotient(unit);
+    const uint32_t channel_pack = unit - rest * channel_packs;
+    const uint32_t a = layout.pixel_pairs.quotient(rest);
+    const uint32_t pixel = 2 * (rest - a * layout.pixel_pairs.divisor);
+    const uint64_t block = layout.first_block + a * layout.block_stride + channel_pack;
+    bool kept[kElementsPerBlock];
+    decide_pack(contract_block(rng.seed, rng.offset, block), threshold, rng, block * kElementsPerBlock, kept);
+    const int64_t first = ((static_cast<int64_t>(a) * layout.pixels + pixel) * channel_packs + channel_pack) * kElementsPerBlock;
+    Pack8<scalar_t> x = load_pack(in + first);
+#pragma unroll
+    for (int lane = 0; lane < kElementsPerBlock; ++lane) x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept[lane], factors);
+    store_pack(out + first, x);
+    if (pixel + 1 < layout.pixels) {  // the next pixel: the same channels, the same decisions
+      const int64_t second = first + static_cast<int64_t>(channel_packs) * kElementsPerBlock;
+      Pack8<scalar_t> y = load_pack(in + second);
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) y.value[lane] = apply_dropout<kAffine>(y.value[lane], kept[lane], factors);
+      store_pack(out + second, y);
+    }
+  }
+}
+
+// residual + drop_path(branch) on dense operands whose samples hold whole packs.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    drop_path_add_dense_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, DenseGroups groups,
+                               int32_t numel, KernelRng rng_source, DropThreshold threshold,
+                               DropoutFactors<scalar_t> factors) {
+  const RngState rng = rng_source.load();
+  const int32_t full_packs = numel / kElementsPerBlock;
+  int32_t pack = static_cast<int32_t>(first_pack());
+  for (; pack < full_packs; pack += static_cast<int32_t>(pack_stride())) {
+    const int32_t first = pack * kElementsPerBlock;
+    Pack8<scalar_t> result = load_pack(residual + first);
+    if (keeps_group(groups.of(first), threshold, rng)) {  // a dropped sample's branch is never loaded
+      const Pack8<scalar_t> x = load_pack(branch + first);
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[2]));
-        pack.value[lane] = apply_dropout<kAffine>(pack.value[lane], kept, factors);
-        cursor.next(layout);
+        result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
       }
-      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = pack;
+    }
+    store_pack(out + first, result);
+  }
+  if (!takes_partial_pack(pack, full_packs, numel)) return;
+  const bool kept = keeps_group(groups.of(full_packs * kElementsPerBlock), threshold, rng);  // a single row: one group
+  for_partial_pack(full_packs, numel, [&](int32_t index, int) {
+    out[index] = kept ? add_elements(residual[index], apply_dropout<false>(branch[index], true, factors)) : residual[index];
+  });
+}
+
+// One element of the general kernels; residual for drop_path_add, whose
+// dropped samples' branch is never read.
+template <bool kAffine, bool kResidual, typename scalar_t>
+__device__ __forceinline__ void grouped_element(scalar_t* out, const scalar_t* in, const scalar_t* residual, bool kept,
+                                                const DropoutFactors<scalar_t>& factors) {
+  if constexpr (!kResidual) {
+    *out = apply_dropout<kAffine>(*in, kept, factors);
+  } else {
+    *out = kept ? add_elements(*residual, apply_dropout<false>(*in, true, factors)) : *residual;
+  }
+}
+
+// Any layout, walked in the output's memory order. A pack within one
+// innermost row whose group does not change along the row makes one
+// decision; any other pack decides and locates each element.
+template <typename scalar_t, bool kAffine, int kOperands>
+__global__ void __launch_bounds__(kThreads)
+    grouped_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, StridedMap<kOperands> map,
+                           int64_t group_base, int64_t numel, KernelRng rng_source, DropThreshold threshold,
+                           DropoutFactors<scalar_t> factors) {
+  constexpr int kGroup = kOperands - 1;
+  constexpr bool kResidual = kOperands == 4;
+  const RngState rng = rng_source.load();
+  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
+  const bool one_group_per_row = map.inner_stride(kGroup) == 0;
+  for (int64_t pack = first_pack(); pack < packs; pack += pack_stride()) {
+    const int64_t first = pack * kElementsPerBlock;
+    int32_t at[kOperands];
+    const int32_t inner = map.locate(static_cast<int32_t>(first), at);
+    if (!rare(!one_group_per_row || inner + kElementsPerBlock > map.inner_size() || first + kElementsPerBlock > numel)) {
+      const bool kept = keeps_group(static_cast<uint64_t>(group_base + at[kGroup]), threshold, rng);
+      scalar_t* o = out + at[0];
+      const scalar_t* x = in + at[1];
+      const scalar_t* r = kResidual ? residual + at[2] : nullptr;
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        grouped_element<kAffine, kResidual>(o + lane * map.inner_stride(0), x + lane * map.inner_stride(1),
+                                            kResidual ? r + lane * map.inner_stride(2) : nullptr, kept, factors);
+      }
     } else {
-      // Not unrolled: eight copies of the strided walk cost more registers than they save.
-#pragma unroll 1
+#pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         if (first + lane < numel) {
-          const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[2]));
-          out[cursor.offset[0]] = apply_dropout<kAffine>(in[cursor.offset[1]], kept, factors);
-          cursor.next(layout);
+          map.locate(static_cast<int32_t>(first + lane), at);
+          const bool kept = keeps_group(static_cast<uint64_t>(group_base + at[kGroup]), threshold, rng);
+          grouped_element<kAffine, kResidual>(out + at[0], in + at[1], kResidual ? residual + at[2] : nullptr, kept,
+                                              factors);
         }
       }
     }
   }
 }
 
-template <typename scalar_t, bool kDense, typename Rng>
-__global__ void __launch_bounds__(kThreads)
-    drop_path_add_device_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, StridedLayout<4> layout,
-                         int64_t numel, Rng rng_source, DropThreshold threshold, DropoutFactors<scalar_t> factors) {
-  GroupDecisions decisions{rng_source.load(), threshold};
-  const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
-  LogicalCursor<4> cursor;
-  for (int64_t pack_index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack_index < packs;
-       pack_index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t first = pack_index * kElementsPerBlock;
-    cursor.seek(layout, first);
-    if (kDense && first + kElementsPerBlock <= numel) {
-      bool kept[kElementsPerBlock];
-      bool any_kept = false;
-#pragma unroll
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        kept[lane] = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[3]));
-        any_kept |= kept[lane];
-        cursor.next(layout);
-      }
-      Pack8<scalar_t> result = *reinterpret_cast<const Pack8<scalar_t>*>(residual + first);
-      if (any_kept) {  // a dropped sample's branch is never loaded
-        const Pack8<scalar_t> x = *reinterpret_cast<const Pack8<scalar_t>*>(branch + first);
-#pragma unroll
-        for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-          if (kept[lane]) {
-            result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
-          }
-        }
-      }
-      *reinterpret_cast<Pack8<scalar_t>*>(out + first) = result;
-    } else {
-#pragma unroll 1
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        if (first + lane < numel) {
-          const bool kept = decisions.keeps_group(static_cast<uint64_t>(cursor.offset[3]));
-          const scalar_t r = residual[cursor.offset[2]];
-          out[cursor.offset[0]] =
-              kept ? add_elements(r, apply_dropout<false>(branch[cursor.offset[1]], true, factors)) : r;
-          cursor.next(layout);
-        }
-      }
-    }
-  }
-}
+int grid_for(int64_t numel) { return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads); }
 
-bool dense_alike(const at::Tensor& output, std::initializer_list<const at::Tensor*> inputs) {
+bool dense_alike(const at::Tensor& output, const std::vector<const at::Tensor*>& inputs) {
   if (!output.is_non_overlapping_and_dense() || !is_16_byte_aligned(output.data_ptr())) return false;
-  for (const at::Tensor* input : inputs) {
-    if (input->strides() != output.strides() || !is_16_byte_aligned(input->const_data_ptr())) return false;
+  for (const at::Tensor* tensor : inputs) {
+    if (tensor->strides() != output.strides()) return false;
+    if (!is_16_byte_aligned(tensor->const_data_ptr())) return false;
   }
   return true;
 }
 
+// Whether a dense layout (memory order, its last operand the group index) has
+// rows of one group, each a whole number of packs (or is a single row).
+template <int kOperands>
+bool dense_rows(const StridedLayout<kOperands>& layout) {
+  return layout.ndim <= 3 && layout.inner_stride(kOperands - 1) == 0 &&
+         (layout.ndim <= 1 || layout.inner_size() % kElementsPerBlock == 0);
+}
+
+// Whether a dense layout is [A, B, C] with groups a * stride + c (channels innermost, the same
+// for every b), C and the stride multiples of 8: the channels kernel's.
+bool dense_channels(const StridedLayout<3>& layout) {
+  if (layout.ndim > 3 || layout.inner_stride(2) != 1 || layout.inner_size() % kElementsPerBlock != 0) return false;
+  if (layout.ndim == 3 && layout.strides[2][1] != 0) return false;
+  return layout.ndim == 1 || layout.strides[2][0] % kElementsPerBlock == 0;
+}
+
+// The channels kernel's view of a dense channels piece, and its work units (packs of channels at pixel pairs).
+std::pair<ChannelPairs, int64_t> channel_pairs(const StridedLayout<3>& piece, int64_t first_group) {
+  const int64_t channels = piece.sizes[piece.ndim - 1];
+  const int64_t pixels = piece.ndim == 3 ? piece.sizes[1] : 1;
+  const int64_t outer = piece.ndim >= 2 ? piece.sizes[0] : 1;
+  const int64_t outer_group_stride = piece.ndim >= 2 ? piece.strides[2][0] : 0;
+  ChannelPairs pairs{FastDivisor<uint32_t>(channels / kElementsPerBlock), FastDivisor<uint32_t>((pixels + 1) / 2),
+                     static_cast<uint32_t>(pixels), static_cast<uint32_t>(outer_group_stride / kElementsPerBlock),
+                     first_group / kElementsPerBlock};
+  return {pairs, outer * ((pixels + 1) / 2) * (channels / kElementsPerBlock)};
+}
+
+template <int kOperands>
+using Offsets = std::array<int64_t, static_cast<size_t>(kOperands)>;
+
+// Calls launch(piece, base, count) over pieces of a layout that each satisfy
+// fits(piece, count) (32-bit indices and offsets), halving the outermost dim
+// until they do. base[k] is where operand k's piece starts (for the last
+// operand, the group index: decisions depend on it alone, so any split keeps
+// them). A one-dim layout splits at whole packs.
+template <int kOperands, typename Fits, typename Launch>
+void for_each_piece(const StridedLayout<kOperands>& layout, int64_t numel, const Offsets<kOperands>& base,
+                    const Fits& fits, const Launch& launch) {
+  if (fits(layout, numel)) {  // an empty layout too: its forward's launch records rng_state
+    launch(layout, base, numel);
+    return;
+  }
+  StridedLayout<kOperands> piece = layout;
+  const int64_t rows = layout.sizes[0];
+  TORCH_INTERNAL_ASSERT(layout.ndim > 1 || rows > 2 * kElementsPerBlock, "fastdrop: a piece that no split fits");
+  if (rows == 1) {  // the outermost dim is spent: go on with the next one
+    piece.ndim = layout.ndim - 1;
+    for (int d = 0; d < piece.ndim; ++d) {
+      piece.sizes[d] = layout.sizes[d + 1];
+      for (int k = 0; k < kOperands; ++k) piece.strides[k][d] = layout.strides[k][d + 1];
+    }
+    for_each_piece(piece, numel, base, fits, launch);
+    return;
+  }
+  const int64_t row = numel / rows;
+  const int64_t half = layout.ndim == 1 ? std::max<int64_t>(kElementsPerBlock, rows / 2 / kElementsPerBlock * kElementsPerBlock)
+                                        : rows / 2;
+  Offsets<kOperands> second = base;
+  for (int k = 0; k < kOperands; ++k) second[k] += half * layout.strides[k][0];
+  piece.sizes[0] = half;
+  for_each_piece(piece, half * row, base, fits, launch);
+  piece.sizes[0] = rows - half;
+  for_each_piece(piece, (rows - half) * row, second, fits, launch);
+}
+
+// Dense kernels index a piece's elements and groups in 32 bits.
+template <int kOperands>
+bool fits_dense_groups(const StridedLayout<kOperands>&, int64_t count) {
+  return count <= max_kernel_index();
+}
+
+// The group operand of a dense piece (at most 3 dims), for the dense kernels.
+template <int kOperands>
+DenseGroups dense_groups_of(const StridedLayout<kOperands>& piece, const Offsets<kOperands>& base) {
+  DenseGroups groups{};
+  for (int d = 0; d < 3; ++d) {  // innermost first; unused outer dims have size 1
+    const bool used = d < piece.ndim;
+    if (d < 2) groups.sizes[d] = FastDivisor<uint32_t>(used ? piece.sizes[piece.ndim - 1 - d] : 1);
+    groups.strides[d] = used ? static_cast<uint32_t>(piece.strides[kOperands - 1][piece.ndim - 1 - d]) : 0;
+  }
+  groups.base = base[kOperands - 1];
+  return groups;
+}
+
+template <typename scalar_t, bool kAffine, int kOperands>
+void launch_grouped_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in,
+                            const scalar_t* residual, int64_t numel, const KernelRng& rng,
+                            const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
+  auto fits = [](const StridedLayout<kOperands>& piece, int64_t count) { return fits_strided_map(piece, count); };
+  for_each_piece(layout, numel, Offsets<kOperands>{}, fits, [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
+    FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(), grouped_strided_kernel<scalar_t, kAffine, kOperands>)(
+        out + base[0], in + base[1], kOperands == 4 ? residual + base[2] : nullptr, StridedMap<kOperands>(piece),
+        base[kOperands - 1], count, rng, threshold, factors);
+    check_launch();
+  });
+}
+
+// The grouped layout where the kernels take it: up to 4 dims, any size or
+// reach (in pieces, which halve down to 16 elements of the innermost dim; a
+// piece of 16 reaches 23 inner strides); else none, and with_layout runs the
+// op on contiguous copies.
+template <int kOperands, size_t kTensors>
+std::optional<StridedLayout<kOperands>> kernel_layout(const std::array<at::Tensor, kTensors>& tensors,
+                                                      int64_t group_dims) {
+  const auto layout = grouped_layout<kOperands>(tensors, group_dims);
+  if (!layout || layout->ndim > StridedMap<kOperands>::kDims) return std::nullopt;
+  for (int k = 0; k < kOperands; ++k) {
+    if (3 * kElementsPerBlock * layout->inner_stride(k) > max_kernel_index()) return std::nullopt;
+  }
+  return layout;
+}
+
 auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
-  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, auto rng) {
+  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = input.numel();
-    const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, group_dims); };
+    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return kernel_layout<3>(t, group_dims); };
     with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cuda", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const bool dense = dense_alike(t[0], {&t[1]});
+        const bool rows = dense && dense_rows(layout), channels = dense && !rows && dense_channels(layout);
         with_affine(is_affine(variant, p), [&](auto affine) {
           constexpr bool kAffine = decltype(affine)::value;
-          if (dense) {
-            grouped_device_kernel<scalar_t, kAffine, true>
-                <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
-          } else {
-            grouped_device_kernel<scalar_t, kAffine, false>
-                <<<grid, kThreads, 0, stream>>>(in, out, layout, numel, rng, threshold, factors);
+          if (!rows && !channels) {
+            launch_grouped_strided<scalar_t, kAffine>(layout, out, in, nullptr, numel, rng, threshold, factors);
+            return;
           }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          for_each_piece(layout, numel, Offsets<3>{}, fits_dense_groups<3>, [&](const StridedLayout<3>& piece, const auto& base, int64_t count) {
+            const int grid = grid_for(count);
+            const cudaStream_t stream = current_stream();
+            if (rows) {
+              FASTDROP_LAUNCH(grid, kThreads, stream, grouped_rows_kernel<scalar_t, kAffine>)(
+                  in + base[1], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng, threshold,
+                  factors);
+            } else {
+              const auto [pairs, units] = channel_pairs(piece, base[2]);
+              FASTDROP_LAUNCH(grid_size(units, kThreads), kThreads, stream, grouped_channels_kernel<scalar_t, kAffine>)(
+                  in + base[1], out + base[0], pairs, static_cast<int32_t>(units), rng, threshold, factors);
+            }
+            check_launch();
+          });
         });
       });
     });
@@ -153,26 +351,28 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
 }
 
 auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
-  return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, auto rng) {
+  return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = branch.numel();
-    const int grid = grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
+    auto make = [](const std::array<at::Tensor, 3>& t) { return kernel_layout<4>(t, 1); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
         scalar_t* out = t[0].template data_ptr<scalar_t>();
-        if (dense_alike(t[0], {&t[1], &t[2]})) {
-          drop_path_add_device_kernel<scalar_t, true>
-              <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
-        } else {
-          drop_path_add_device_kernel<scalar_t, false>
-              <<<grid, kThreads, 0, stream>>>(x, r, out, layout, numel, rng, threshold, factors);
+        const bool dense = dense_alike(t[0], {&t[1], &t[2]}) &&
+                           dense_rows(layout);
+        if (!dense) {
+          launch_grouped_strided<scalar_t, false>(layout, out, x, r, numel, rng, threshold, factors);
+          return;
         }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        for_each_piece(layout, numel, Offsets<4>{}, fits_dense_groups<4>, [&](const StridedLayout<4>& piece, const auto& base, int64_t count) {
+          FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(), drop_path_add_dense_kernel<scalar_t>)(
+              x + base[1], r + base[2], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng,
+              threshold, factors);
+          check_launch();
+        });
       });
     });
   };

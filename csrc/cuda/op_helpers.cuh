@@ -4,15 +4,13 @@
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include "../fastdrop.h"
-#include "rng_cuda.cuh"
+#include "runtime.cuh"
 
 namespace fastdrop::cuda {
 
-// kernel(input, output, rng) launches the work; rng is a GeneratorRng or a
-// RecordedRng. The output takes the memory format of `like` (the input, or
+// kernel(input, output, rng) launches the work with a KernelRng. The output takes the memory format of `like` (the input, or
 // the residual of the fused residual forms).
 template <typename Kernel>
 std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& input, double p,
@@ -20,9 +18,9 @@ std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& 
                                               const at::Tensor& like = at::Tensor()) {
   check_floating_input(input, op);
   check_probability(p);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   at::Tensor rng_state;
-  const GeneratorRng rng = draw_rng(input, generator, rng_state);
+  const KernelRng rng = draw_rng(input, generator, rng_state);
   at::Tensor output = at::empty_like(like.defined() ? like : input);
   kernel(input, output, rng);  // launched even when empty: it records rng_state
   return {output, rng_state};
@@ -34,9 +32,9 @@ at::Tensor inplace_op(const char* op, at::Tensor& input, double p, const std::op
   check_floating_input(input, op);
   check_probability(p);
   at::assert_no_internal_overlap(input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   at::Tensor rng_state;
-  const GeneratorRng rng = draw_rng(input, generator, rng_state);
+  const KernelRng rng = draw_rng(input, generator, rng_state);
   kernel(input, input, rng);
   return rng_state;
 }
@@ -47,7 +45,7 @@ at::Tensor backward_op(const char* op, const at::Tensor& grad, const at::Tensor&
   check_floating_input(grad, op);
   check_probability(p);
   check_rng_state(rng_state, grad, op);
-  const c10::cuda::CUDAGuard guard(grad.device());
+  const DeviceGuard guard(grad.device());
   at::Tensor grad_input = at::empty_like(grad);
   const at::Tensor state = rng_state.contiguous();
   if (grad.numel() > 0) kernel(grad, grad_input, recorded_rng(state));

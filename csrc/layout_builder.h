@@ -1,0 +1,128 @@
+// Builds the StridedLayout a kernel walks (layout.h) from the operands'
+// sizes and strides, on the host: merges what is contiguous everywhere, orders
+// grouped variants by memory, and falls back to contiguous copies where more
+// than kMaxLayoutDims dims remain.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <vector>
+
+#include "layout.h"
+
+namespace fastdrop {
+
+// Merges dims that are contiguous in every operand (all of one shape), drops
+// size-1 dims. Empty when more than kMaxLayoutDims dims remain.
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> make_layout(at::IntArrayRef sizes,
+                                                    const std::array<at::IntArrayRef, kOperands>& strides) {
+  StridedLayout<kOperands> layout;
+  // Built innermost first, reversed at the end.
+  int ndim = 0;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    const int64_t size = sizes[d];
+    if (size == 1) continue;
+    bool merges = ndim > 0;
+    for (int k = 0; k < kOperands && merges; ++k) {
+      merges = strides[k][d] == layout.strides[k][ndim - 1] * layout.sizes[ndim - 1];
+    }
+    if (merges) {
+      layout.sizes[ndim - 1] *= size;
+      continue;
+    }
+    if (ndim == kMaxLayoutDims) return std::nullopt;
+    layout.sizes[ndim] = size;
+    for (int k = 0; k < kOperands; ++k) layout.strides[k][ndim] = strides[k][d];
+    ++ndim;
+  }
+  for (int lo = 0, hi = ndim - 1; lo < hi; ++lo, --hi) {
+    std::swap(layout.sizes[lo], layout.sizes[hi]);
+    for (int k = 0; k < kOperands; ++k) std::swap(layout.strides[k][lo], layout.strides[k][hi]);
+  }
+  layout.ndim = ndim;
+  return layout;
+}
+
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> make_layout(const std::array<at::Tensor, kOperands>& operands) {
+  std::array<at::IntArrayRef, kOperands> strides;
+  for (int k = 0; k < kOperands; ++k) strides[k] = operands[k].strides();
+  return make_layout<kOperands>(operands[0].sizes(), strides);
+}
+
+// Element-wise variants decide per logical index: the operands' own layout,
+// as a layout builder for with_layout.
+template <size_t kTensors>
+std::optional<StridedLayout<kTensors>> elementwise_layout(const std::array<at::Tensor, kTensors>& tensors) {
+  return make_layout<kTensors>(tensors);
+}
+
+// The dims of `tensor` ordered outermost to innermost in memory (by stride,
+// ties in logical order): walking a permuted layout in this order visits
+// memory sequentially.
+inline std::vector<int64_t> memory_order(const at::Tensor& tensor) {
+  std::vector<int64_t> order(tensor.dim());
+  for (int64_t d = 0; d < tensor.dim(); ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return tensor.stride(a) > tensor.stride(b); });
+  return order;
+}
+
+inline std::vector<int64_t> permuted(at::IntArrayRef values, const std::vector<int64_t>& order) {
+  std::vector<int64_t> result(order.size());
+  for (size_t i = 0; i < order.size(); ++i) result[i] = values[order[i]];
+  return result;
+}
+
+// Grouped variants decide once per group of the first `group_dims` dims: per
+// (n, c) channel for feature dropout (group index n * C + c), per sample n for
+// drop path, once for the whole tensor with no group dims (stochastic depth's
+// batch mode). The decision depends on the group alone, so their kernels walk
+// the output's memory order (channels_last included), every operand through
+// its strides, and find each element's group through a last operand whose
+// strides are (C, 1, 0, ...), (1, 0, ...) or all 0.
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> grouped_layout(const std::array<at::Tensor, kOperands - 1>& tensors,
+                                                        int64_t group_dims) {
+  const at::Tensor& output = tensors[0];
+  std::vector<int64_t> group_strides(output.dim(), 0);
+  int64_t stride = 1;
+  for (int64_t d = group_dims - 1; d >= 0; --d) {
+    group_strides[d] = stride;
+    stride *= output.size(d);
+  }
+  const std::vector<int64_t> order = memory_order(output);
+  std::array<std::vector<int64_t>, kOperands> strides;
+  for (int k = 0; k < kOperands - 1; ++k) strides[k] = permuted(tensors[k].strides(), order);
+  strides[kOperands - 1] = permuted(group_strides, order);
+  std::array<at::IntArrayRef, kOperands> stride_refs;
+  for (int k = 0; k < kOperands; ++k) stride_refs[k] = strides[k];
+  return make_layout<kOperands>(permuted(output.sizes(), order), stride_refs);
+}
+
+// Runs kernel(layout, tensors) on the layout make_layout(tensors) builds
+// (tensors: the output, then the inputs, all of the output's shape), or, where
+// it builds none (more dims after merging than a kernel takes, or a reach past
+// its index range), on fresh contiguous copies, copying the result back into
+// the output. Fresh copies are aligned, so every kernel takes them.
+template <size_t kTensors, typename MakeLayout, typename Kernel>
+void with_layout(const std::array<at::Tensor, kTensors>& tensors, const MakeLayout& make_layout,
+                 const Kernel& kernel) {
+  if (const auto layout = make_layout(tensors)) {
+    kernel(*layout, tensors);
+    return;
+  }
+  std::array<at::Tensor, kTensors> contiguous;
+  for (size_t k = 0; k < kTensors; ++k) contiguous[k] = at::empty_like(tensors[k], at::MemoryFormat::Contiguous);
+  for (size_t k = 1; k < kTensors; ++k) contiguous[k].copy_(tensors[k]);
+  const auto layout = make_layout(contiguous);
+  TORCH_INTERNAL_ASSERT(layout.has_value(), "fastdrop: no kernel takes contiguous copies");
+  kernel(*layout, contiguous);
+  tensors[0].copy_(contiguous[0]);
+}
+
+}  // namespace fastdrop
