@@ -33,7 +33,14 @@ def build_with_cuda():
 
 
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/meta_ops.cpp", "csrc/python_module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = [
+        "csrc/ops.cpp",
+        "csrc/autograd.cpp",
+        "csrc/functionalize.cpp",
+        "csrc/meta_ops.cpp",
+        "csrc/python_module.cpp",
+        *sorted(glob.glob("csrc/cpu/*.cpp")),
+    ]
     # No contraction into FMA: results must round exactly as torch's reference ops do.
     cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
     link_flags = []

@@ -13,6 +13,7 @@ import torch
 
 import fastdrop
 
+from . import host_overhead
 from .cases import FAMILIES, OPS, OPS_BY_NAME
 from .measure import Case, copy_roofline
 from .targets import verdicts
@@ -31,6 +32,8 @@ def parse_args(argv):
     parser.add_argument("--max-exp", type=int, help="largest size: 2**MAX_EXP elements (default 26 on CPU, 30 on CUDA)")
     parser.add_argument("--quick", action="store_true", help="a few sizes, float32, short timings: about a minute")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile peers")
+    parser.add_argument("--host-only", action="store_true", help="only the per-call host cost section")
+    parser.add_argument("--no-host", action="store_true", help="leave out the per-call host cost section")
 
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--markdown", help="write the tables here")
@@ -147,6 +150,8 @@ def main(argv=None):
 
     cases = [(op, dtype, 1 << e, direction) for op in ops for dtype in dtypes for e in exps
              for direction in ("fwd", "fwd+bwd")]
+    if args.host_only:
+        cases = []
     records = []
     started = time.time()
     for index, (op, dtype, numel, direction) in enumerate(cases, 1):
@@ -165,13 +170,23 @@ def main(argv=None):
             text += "\n\nCould not run: " + "; ".join(f"{name}: {why}" for name, why in failures.items())
         sections.append(text)
     summary = verdicts(records, device.type)
+    host = []
+    if not args.no_host:
+        print("per-call host cost (64 elements, one thread) ...", flush=True)
+        host = host_overhead.measure(device, budget=0.1 if args.quick else 0.3)
+        sections.append(host_overhead.table(host))
+    if args.host_only:
+        sections = sections[-1:]
     report = "\n\n".join(sections + ([summary] if summary else []))
     print(report)
 
     if args.json:
         with open(args.json, "w") as out:
+            host_records = [{"op": label, "direction": direction, "peer": peer, "fastdrop_seconds": ours,
+                             "peer_seconds": theirs} for label, direction, peer, ours, theirs in host]
             json.dump({"machine": machine, "device": device.type, "roofline_bytes_per_second": roofline,
-                       "compile": compile_note, "p": 0.1, "records": records}, out, indent=1)
+                       "compile": compile_note, "p": 0.1, "records": records, "host_overhead": host_records},
+                      out, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as out:
             out.write(f"# fastdrop.bench on {device.type}\n\n{machine}\n\n"

@@ -51,15 +51,17 @@ SHORT = {"float": "fp32", "double": "fp64", "c10::Half": "fp16", "c10::BFloat16"
 
 
 def tool(name):
+    """A CUDA binary tool: $NAME, on PATH, or from a pip package (nvidia-cuda-cuobjdump with
+    nvidia-cuda-nvdisasm, or triton's copy); cuobjdump -sass runs the nvdisasm beside it."""
     found = os.environ.get(name.upper()) or shutil.which(name)
     if found:
         return found
     site = Path(sysconfig.get_paths()["purelib"])
     for pattern in (f"nvidia/*/bin/{name}", f"triton/backends/nvidia/bin/{name}"):
-        matches = sorted(glob.glob(str(site / pattern)))
-        if matches:
-            return matches[0]
-    raise SystemExit(f"{name} not found: pip install nvidia-cuda-{name}, or set {name.upper()}")
+        for match in sorted(glob.glob(str(site / pattern))):
+            if (Path(match).parent / "nvdisasm").exists():
+                return match
+    raise SystemExit(f"{name} not found: pip install nvidia-cuda-{name} nvidia-cuda-nvdisasm, or set {name.upper()}")
 
 
 def demangle(names):

@@ -35,9 +35,15 @@ using InplaceSignature = Tensor(Tensor&, double, std::optional<at::Generator>);
 using BackwardSignature = Tensor(const Tensor&, const Tensor&, double);
 using DropPathSignature = std::tuple<Tensor, Tensor>(const Tensor&, double, bool, bool, std::optional<at::Generator>);
 using DropPathBackwardSignature = Tensor(const Tensor&, const Tensor&, double, bool, bool);
+using IndexedSignature = std::tuple<Tensor, Tensor>(const Tensor&, double, c10::string_view, c10::SymIntArrayRef,
+                                                    c10::SymInt, std::optional<at::Generator>);
+using IndexedInplaceSignature = Tensor(Tensor&, double, c10::string_view, c10::SymIntArrayRef, c10::SymInt,
+                                       std::optional<at::Generator>);
+using IndexedBackwardSignature = Tensor(const Tensor&, const Tensor&, double, c10::string_view, c10::SymIntArrayRef,
+                                        c10::SymInt);
 
 // Which mask a forward drew: its operator family, with what its backward operator needs.
-enum class Family { kDropout, kAlphaDropout, kFeatureDropout, kFeatureAlphaDropout, kDropPath };
+enum class Family { kDropout, kAlphaDropout, kFeatureDropout, kFeatureAlphaDropout, kDropPath, kIndexed };
 
 struct FamilyNames {
   const char* forward;
@@ -55,6 +61,8 @@ constexpr FamilyNames kFamilyNames[] = {
     {"fastdrop::feature_alpha_dropout", "fastdrop::feature_alpha_dropout_",
      "fastdrop::feature_alpha_dropout_backward", "FastdropFeatureAlphaDropoutBackward"},
     {"fastdrop::drop_path", nullptr, "fastdrop::drop_path_backward", "FastdropDropPathBackward"},
+    {"fastdrop::indexed_dropout", "fastdrop::indexed_dropout_", "fastdrop::indexed_dropout_backward",
+     "FastdropIndexedDropoutBackward"},
 };
 
 const FamilyNames& names_of(Family family) { return kFamilyNames[static_cast<int>(family)]; }
@@ -62,11 +70,18 @@ const FamilyNames& names_of(Family family) { return kFamilyNames[static_cast<int
 struct Mask {
   Family family;
   double p;
-  bool scale_by_keep = true;
+  bool scale_by_keep = true;  // drop path
   bool per_sample = true;
+  std::string variant;  // indexed_dropout
+  std::vector<c10::SymInt> index_strides;
+  c10::SymInt index_base;
 
   // The forward's mask and scale applied to `tensor` (a gradient or a tangent).
   Tensor apply(const Tensor& tensor, const Tensor& rng_state) const {
+    if (family == Family::kIndexed) {
+      static const auto indexed_backward = operator_handle<IndexedBackwardSignature>(names_of(family).backward);
+      return indexed_backward.call(tensor, rng_state, p, variant, index_strides, index_base);
+    }
     if (family == Family::kDropPath) {
       static const auto drop_path_backward =
           operator_handle<DropPathBackwardSignature>("fastdrop::drop_path_backward");
@@ -116,10 +131,18 @@ struct MaskBackward : Node {
         result[i] = grad;
         continue;
       }
-      if (!masked.defined()) masked = mask_.apply(grad, rng_state_.unpack());
+      if (!masked.defined()) masked = masked_gradient(grad);
       result[i] = roles_[i] == Role::kMasked ? masked : at::sum_to(masked, reduced_sizes_);
     }
     return result;
+  }
+
+  Tensor masked_gradient(const Tensor& grad) {
+    const Tensor rng_state = rng_state_.unpack();
+    if (at::GradMode::is_enabled() || torch::autograd::isFwGradDefined(grad)) return mask_.apply(grad, rng_state);
+    // No graph of this backward is wanted (no create_graph, no tangent): the operator below autograd.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return mask_.apply(grad, rng_state);
   }
 
   Mask mask_;
@@ -191,43 +214,59 @@ Tensor backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Ten
   return grad_input;
 }
 
-template <Family kFamily>
-Tensor inplace_autograd(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
-  static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
+// An in-place form: checks and rebases self's history as torch's in-place
+// ops do around run() (the operator below autograd, which returns rng_state),
+// and updates self's tangent in place along with it.
+template <typename Run>
+Tensor inplace_with_history(Tensor& self, const Mask& mask, const Run& run) {
   const bool requires_grad = torch::autograd::compute_requires_grad(self);
   torch::autograd::check_inplace(self, requires_grad);
   c10::intrusive_ptr<MaskBackward> node;
   if (requires_grad) {
-    node = c10::make_intrusive<MaskBackward>(Mask{kFamily, p}, std::vector<Role>{Role::kMasked});
+    node = c10::make_intrusive<MaskBackward>(mask, std::vector<Role>{Role::kMasked});
     node->set_next_edges(torch::autograd::collect_next_edges(self));
   }
   const Tensor rng_state = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.redispatch(keys & c10::after_autograd_keyset, self, p, std::move(generator));
+    return run();
   }();
   if (node) {
     node->rng_state_ = SavedVariable(rng_state, false);
     torch::autograd::rebase_history(self, node);
   }
   if (torch::autograd::isFwGradDefined(self)) {
-    // A tangent is updated in place along with its primal.
     Tensor tangent = self._fw_grad(/*level=*/0);
-    tangent.copy_(Mask{kFamily, p}.apply(tangent, rng_state));
+    tangent.copy_(mask.apply(tangent, rng_state));
   }
   return rng_state;
 }
 
-// The version-counter bump of an in-place form (what ADInplaceOrView does for torch's).
 template <Family kFamily>
-Tensor inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
+Tensor inplace_autograd(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
   static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
+  return inplace_with_history(self, Mask{kFamily, p}, [&] {
+    return op.redispatch(keys & c10::after_autograd_keyset, self, p, std::move(generator));
+  });
+}
+
+// The version-counter bump of an in-place form (what ADInplaceOrView does for torch's).
+template <typename Run>
+Tensor bump_version(Tensor& self, const Run& run) {
   Tensor rng_state;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    rng_state = op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, std::move(generator));
+    rng_state = run();
   }
   torch::autograd::increment_version(self);
   return rng_state;
+}
+
+template <Family kFamily>
+Tensor inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
+  return bump_version(self, [&] {
+    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, std::move(generator));
+  });
 }
 
 std::tuple<Tensor, Tensor> drop_path_autograd(c10::DispatchKeySet keys, const Tensor& input, double p,
@@ -295,6 +334,60 @@ std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, c
   return {output, rng_state};
 }
 
+Mask indexed_mask(double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
+                  const c10::SymInt& index_base) {
+  Mask mask{Family::kIndexed, p};
+  mask.variant = std::string(variant);
+  mask.index_strides = index_strides.vec();
+  mask.index_base = index_base;
+  return mask;
+}
+
+std::tuple<Tensor, Tensor> indexed_dropout_autograd(c10::DispatchKeySet keys, const Tensor& input, double p,
+                                                    c10::string_view variant, c10::SymIntArrayRef index_strides,
+                                                    c10::SymInt index_base, std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<IndexedSignature>(names_of(Family::kIndexed).forward);
+  auto [output, rng_state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, input, p, variant, index_strides, index_base,
+                         std::move(generator));
+  }();
+  record(output, rng_state, indexed_mask(p, variant, index_strides, index_base), {{input, Role::kMasked}});
+  return {output, rng_state};
+}
+
+Tensor indexed_dropout_inplace_autograd(c10::DispatchKeySet keys, Tensor& self, double p, c10::string_view variant,
+                                        c10::SymIntArrayRef index_strides, c10::SymInt index_base,
+                                        std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<IndexedInplaceSignature>(names_of(Family::kIndexed).inplace);
+  return inplace_with_history(self, indexed_mask(p, variant, index_strides, index_base), [&] {
+    return op.redispatch(keys & c10::after_autograd_keyset, self, p, variant, index_strides, index_base,
+                         std::move(generator));
+  });
+}
+
+Tensor indexed_dropout_inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, c10::string_view variant,
+                                           c10::SymIntArrayRef index_strides, c10::SymInt index_base,
+                                           std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<IndexedInplaceSignature>(names_of(Family::kIndexed).inplace);
+  return bump_version(self, [&] {
+    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, variant, index_strides, index_base,
+                         std::move(generator));
+  });
+}
+
+Tensor indexed_dropout_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& rng_state,
+                                         double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
+                                         c10::SymInt index_base) {
+  static const auto op = operator_handle<IndexedBackwardSignature>(names_of(Family::kIndexed).backward);
+  Tensor grad_input = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, grad, rng_state, p, variant, index_strides, index_base);
+  }();
+  record(grad_input, rng_state, indexed_mask(p, variant, index_strides, index_base), {{grad, Role::kMasked}});
+  return grad_input;
+}
+
 template <Family kFamily>
 void register_variant(torch::Library& m) {
   const FamilyNames& names = names_of(kFamily);
@@ -317,6 +410,9 @@ TORCH_LIBRARY_IMPL(fastdrop, Autograd, m) {
   m.impl("drop_path_add", TORCH_FN(drop_path_add_autograd));
   m.impl("dropout_add", TORCH_FN(dropout_add_autograd));
   m.impl("bias_dropout_add", TORCH_FN(bias_dropout_add_autograd));
+  m.impl("indexed_dropout", TORCH_FN(indexed_dropout_autograd));
+  m.impl("indexed_dropout_", TORCH_FN(indexed_dropout_inplace_autograd));
+  m.impl("indexed_dropout_backward", TORCH_FN(indexed_dropout_backward_autograd));
 }
 
 TORCH_LIBRARY_IMPL(fastdrop, ADInplaceOrView, m) {
@@ -325,4 +421,5 @@ TORCH_LIBRARY_IMPL(fastdrop, ADInplaceOrView, m) {
   m.impl("alpha_dropout_", TORCH_FN(inplace_version_bump<Family::kAlphaDropout>));
   m.impl("feature_dropout_", TORCH_FN(inplace_version_bump<Family::kFeatureDropout>));
   m.impl("feature_alpha_dropout_", TORCH_FN(inplace_version_bump<Family::kFeatureAlphaDropout>));
+  m.impl("indexed_dropout_", TORCH_FN(indexed_dropout_inplace_version_bump));
 }

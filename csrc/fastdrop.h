@@ -71,4 +71,29 @@ FASTDROP_DECLARE_RESIDUAL_OPS
 
 #undef FASTDROP_DECLARE_RESIDUAL_OPS
 
+// Decisions at any strided index (see DecisionIndex in layout_builder.h).
+#define FASTDROP_DECLARE_INDEXED_OPS(Ints, Int)                                                                  \
+  std::tuple<at::Tensor, at::Tensor> indexed_dropout(const at::Tensor& input, double p, c10::string_view variant, \
+                                                     Ints index_strides, Int index_base,                         \
+                                                     std::optional<at::Generator> generator);                    \
+  at::Tensor indexed_dropout_(at::Tensor& input, double p, c10::string_view variant, Ints index_strides,         \
+                              Int index_base, std::optional<at::Generator> generator);                           \
+  at::Tensor indexed_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p,            \
+                                      c10::string_view variant, Ints index_strides, Int index_base);
+
+namespace cpu {
+FASTDROP_DECLARE_INDEXED_OPS(at::IntArrayRef, int64_t)
+}  // namespace cpu
+
+namespace cuda {
+FASTDROP_DECLARE_INDEXED_OPS(at::IntArrayRef, int64_t)
+}  // namespace cuda
+
+// Symbolic sizes for tracing with dynamic shapes.
+namespace meta {
+FASTDROP_DECLARE_INDEXED_OPS(c10::SymIntArrayRef, c10::SymInt)
+}  // namespace meta
+
+#undef FASTDROP_DECLARE_INDEXED_OPS
+
 }  // namespace fastdrop

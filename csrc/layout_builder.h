@@ -78,30 +78,73 @@ inline std::vector<int64_t> permuted(at::IntArrayRef values, const std::vector<i
   return result;
 }
 
-// Grouped variants decide once per group of the first `group_dims` dims: per
-// (n, c) channel for feature dropout (group index n * C + c), per sample n for
-// drop path, once for the whole tensor with no group dims (stochastic depth's
-// batch mode). The decision depends on the group alone, so their kernels walk
-// the output's memory order (channels_last included), every operand through
-// its strides, and find each element's group through a last operand whose
-// strides are (C, 1, 0, ...), (1, 0, ...) or all 0.
-template <int kOperands>
-std::optional<StridedLayout<kOperands>> grouped_layout(const std::array<at::Tensor, kOperands - 1>& tensors,
-                                                        int64_t group_dims) {
-  const at::Tensor& output = tensors[0];
-  std::vector<int64_t> group_strides(output.dim(), 0);
+// Which decision each element takes: element (i_0, ..., i_{n-1}) takes the
+// contract's decision for index base + sum_k i_k * strides[k] (strides >= 0).
+// Element-wise dropout is the row-major strides of the shape; grouped
+// variants decide once per group of the first dims: per (n, c) channel for
+// feature dropout (strides (C, 1, 0, ...)), per sample for drop path
+// ((1, 0, ...)), once for the whole tensor in stochastic depth's batch mode
+// (all 0). fastdrop::indexed_dropout takes any strides and base: a vmap level
+// adds a dim of stride 0 (the same mask for every slice) or of the slices'
+// span (independent slices), a shard adds its global offset.
+struct DecisionIndex {
+  at::DimVector strides;
+  int64_t base = 0;
+};
+
+// One decision per group of the first `group_dims` dims, numbered row-major.
+inline DecisionIndex leading_dims_index(at::IntArrayRef sizes, int64_t group_dims) {
+  DecisionIndex index{at::DimVector(sizes.size(), 0), 0};
   int64_t stride = 1;
   for (int64_t d = group_dims - 1; d >= 0; --d) {
-    group_strides[d] = stride;
-    stride *= output.size(d);
+    index.strides[d] = stride;
+    stride *= sizes[d];
   }
+  return index;
+}
+
+// The decision depends on the index alone, so grouped kernels walk the
+// output's memory order (channels_last included), every operand through its
+// strides, and find each element's decision index (less the base) through a
+// last operand whose strides are the index's.
+template <int kOperands>
+std::optional<StridedLayout<kOperands>> grouped_layout(const std::array<at::Tensor, kOperands - 1>& tensors,
+                                                        const DecisionIndex& index) {
+  const at::Tensor& output = tensors[0];
   const std::vector<int64_t> order = memory_order(output);
   std::array<std::vector<int64_t>, kOperands> strides;
   for (int k = 0; k < kOperands - 1; ++k) strides[k] = permuted(tensors[k].strides(), order);
-  strides[kOperands - 1] = permuted(group_strides, order);
+  strides[kOperands - 1] = permuted(index.strides, order);
   std::array<at::IntArrayRef, kOperands> stride_refs;
   for (int k = 0; k < kOperands; ++k) stride_refs[k] = strides[k];
   return make_layout<kOperands>(permuted(output.sizes(), order), stride_refs);
+}
+
+// Calls run(tensors, index) once, or, where the decision index keeps more
+// than max_dims dims apart even on contiguous copies (any strides can; CPU
+// layouts hold kMaxLayoutDims, CUDA's fewer), once per slice along the first
+// dim, the index's base advanced by its stride.
+template <size_t kTensors, typename Run>
+void for_each_layout_slice(const std::array<at::Tensor, kTensors>& tensors, const DecisionIndex& index, int max_dims,
+                           const Run& run) {
+  const at::Tensor& output = tensors[0];
+  std::vector<int64_t> contiguous(output.dim());
+  int64_t stride = 1;
+  for (int64_t d = output.dim() - 1; d >= 0; --d) {
+    contiguous[d] = stride;
+    stride *= output.size(d);
+  }
+  const auto layout = make_layout<2>(output.sizes(), {at::IntArrayRef(contiguous), at::IntArrayRef(index.strides)});
+  if (layout && layout->ndim <= max_dims) {
+    run(tensors, index);
+    return;
+  }
+  DecisionIndex slice_index{at::DimVector(index.strides.begin() + 1, index.strides.end()), index.base};
+  for (int64_t i = 0; i < output.size(0); ++i, slice_index.base += index.strides[0]) {
+    std::array<at::Tensor, kTensors> slices;
+    for (size_t k = 0; k < kTensors; ++k) slices[k] = tensors[k].select(0, i);
+    for_each_layout_slice<kTensors>(slices, slice_index, max_dims, run);
+  }
 }
 
 // Runs kernel(layout, tensors) on the layout make_layout(tensors) builds

@@ -35,6 +35,17 @@ inline void define_operators(torch::Library& m) {
   m.def("bias_dropout_add(Tensor input, Tensor bias, Tensor residual, float p, Generator? generator=None) "
         "-> (Tensor, Tensor)",
         seeded);
+  // Any variant with the decision of element (i_0, ...) at index
+  // index_base + sum_k i_k * index_strides[k]: vmap's batching rules and
+  // sharded tensors. variant: 'dropout', 'feature_dropout', 'alpha_dropout' or 'unscaled'.
+  m.def("indexed_dropout(Tensor input, float p, str variant, SymInt[] index_strides, SymInt index_base=0, "
+        "Generator? generator=None) -> (Tensor, Tensor)",
+        seeded);
+  m.def("indexed_dropout_(Tensor(a!) input, float p, str variant, SymInt[] index_strides, SymInt index_base=0, "
+        "Generator? generator=None) -> Tensor",
+        seeded);
+  m.def("indexed_dropout_backward(Tensor grad, Tensor rng_state, float p, str variant, SymInt[] index_strides, "
+        "SymInt index_base=0) -> Tensor");
 }
 
 }  // namespace fastdrop
@@ -51,3 +62,8 @@ inline void define_operators(torch::Library& m) {
   m.impl("drop_path_add", &device::drop_path_add);           \
   m.impl("dropout_add", &device::dropout_add);               \
   m.impl("bias_dropout_add", &device::bias_dropout_add);
+
+#define FASTDROP_REGISTER_INDEXED_OPS                  \
+  m.impl("indexed_dropout", &device::indexed_dropout);   \
+  m.impl("indexed_dropout_", &device::indexed_dropout_); \
+  m.impl("indexed_dropout_backward", &device::indexed_dropout_backward);

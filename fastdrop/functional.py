@@ -4,8 +4,9 @@ warnings of torch.nn.functional (and timm's and torchvision's drop path)."""
 import warnings
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
-from . import _checks
+from . import _C, _checks
 from ._ops import ops
 
 __all__ = [
@@ -48,6 +49,10 @@ def _nested(name, input, p, inplace, generator):
     )
 
 
+_VARIANT_INDEX = {"dropout": 0, "alpha_dropout": 1, "feature_dropout": 2, "feature_alpha_dropout": 3}
+_is_compiling = torch.compiler.is_compiling
+
+
 def _run(name, function, input, p, training, inplace, generator):
     """Variant `name` of input; `function` is the name torch's errors give it."""
     p = _checks.probability(p, function)
@@ -56,6 +61,10 @@ def _run(name, function, input, p, training, inplace, generator):
         return input if not training or p == 0.0 else _nested(name, input, p, inplace, generator)
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    if not _is_compiling():  # the direct call (see csrc/python_module.cpp); compiled code traces torch.ops
+        result = _C.variant(_VARIANT_INDEX[name], input, p, generator, inplace)
+        if result is not NotImplemented:
+            return result
     if inplace:
         getattr(ops, name + "_")(input, p, generator)
         return input
@@ -72,6 +81,10 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     saving it. In eval mode, or for p == 0 or an empty input, the input itself
     is returned, as torch does.
     """
+    if has_torch_function_unary(input):  # torch.fx's Proxy, and tensor-likes that override torch functions
+        return handle_torch_function(
+            dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     return _run("dropout", "dropout", input, p, training, inplace, generator)
 
 
@@ -82,11 +95,19 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
     with torch's alpha = 1.7580993408473766 and a = 1 / sqrt((alpha^2 p + 1)(1 - p)),
     so a zero-mean, unit-variance input keeps its mean and variance.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            alpha_dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     return _run("alpha_dropout", "alpha_dropout", input, p, training, inplace, generator)
 
 
 def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
     """Drop-in for torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            feature_alpha_dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     return _run("feature_alpha_dropout", "feature_alpha_dropout", input, p, training, inplace, generator)
 
 
@@ -102,6 +123,10 @@ def _feature_dropout_unbatched(input, p, training, inplace, generator):
 
 def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None):
     """Drop-in for torch.nn.functional.dropout1d: zeroes whole channels of (N, C, L) or (C, L) input."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout1d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (2, 3):
         raise RuntimeError(
@@ -121,6 +146,10 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
     As in torch, a 3-D input is taken as (N, C, L) (with a warning), and other
     ranks are accepted with a deprecation warning.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout2d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (3, 4):
         _warn(
@@ -147,6 +176,10 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
     As in torch, a 4-D input is taken as unbatched (C, D, H, W), and other ranks
     are accepted with a deprecation warning.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout3d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+        )
     p = _checks.probability(p, "feature_dropout")
     if input.dim() not in (4, 5):
         _warn(
@@ -168,10 +201,23 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator
     samples are divided by 1 - drop_prob when scale_by_keep. Eval mode and
     drop_prob == 0 return x itself. One pass each way, nothing per element saved.
     """
+    if has_torch_function_unary(x):
+        return handle_torch_function(
+            drop_path, (x,), x, drop_prob=drop_prob, training=training, scale_by_keep=scale_by_keep,
+            generator=generator,
+        )
     drop_prob = _checks.drop_probability(drop_prob)
     if drop_prob == 0.0 or not training:
         return x
-    return ops.drop_path(x, drop_prob, bool(scale_by_keep), True, generator)[0]
+    return _drop_path(x, drop_prob, bool(scale_by_keep), True, generator)
+
+
+def _drop_path(x, p, scale_by_keep, per_sample, generator):
+    if not _is_compiling():
+        result = _C.drop_path(x, p, scale_by_keep, per_sample, generator)
+        if result is not NotImplemented:
+            return result
+    return ops.drop_path(x, p, scale_by_keep, per_sample, generator)[0]
 
 
 def stochastic_depth(input, p, mode, training=True, *, generator=None):
@@ -180,11 +226,15 @@ def stochastic_depth(input, p, mode, training=True, *, generator=None):
     mode "row" drops each sample (dim 0) with probability p, mode "batch" the
     whole batch at once; survivors are divided by 1 - p, and p == 1 gives zeros.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            stochastic_depth, (input,), input, p, mode, training=training, generator=generator
+        )
     p = _checks.drop_probability(p)
     _checks.stochastic_depth_mode(mode)
     if not training or p == 0.0:
         return input
-    return ops.drop_path(input, p, True, mode == "row", generator)[0]
+    return _drop_path(input, p, True, mode == "row", generator)
 
 
 def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True, *, generator=None):
@@ -194,20 +244,35 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
     branch's that gradient with the same per-sample mask and scale. In eval
     mode (or drop_prob == 0) this is exactly residual + branch.
     """
+    if has_torch_function((residual, branch)):
+        return handle_torch_function(
+            drop_path_add, (residual, branch), residual, branch, drop_prob, training=training,
+            scale_by_keep=scale_by_keep, generator=generator,
+        )
     drop_prob = _checks.drop_probability(drop_prob)
     _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
     if not training or drop_prob == 0.0:
         return residual + branch
+    if not _is_compiling():
+        result = _C.drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)
+        if result is not NotImplemented:
+            return result
     return ops.drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)[0]
 
 
 def dropout_add(residual, x, p, training=True, *, generator=None):
     """residual + dropout(x) in one pass (element-wise mask, as fastdrop.functional.dropout)."""
+    if has_torch_function((residual, x)):
+        return handle_torch_function(dropout_add, (residual, x), residual, x, p, training=training, generator=generator)
     p = _checks.probability(p, "dropout_add")
     _checks.training_flag(training, "dropout_add")
     _checks.same_operands(residual, "residual", x, "input", "dropout_add")
     if not training or p == 0.0:
         return residual + x
+    if not _is_compiling():
+        result = _C.dropout_add(residual, x, p, generator)
+        if result is not NotImplemented:
+            return result
     return ops.dropout_add(residual, x, p, generator)[0]
 
 
@@ -216,12 +281,20 @@ def bias_dropout_add(x, bias, residual, p, training=True, *, generator=None):
 
     Backward gives the gradients of x, bias (reduced over the other dims) and residual.
     """
+    if has_torch_function((x, bias, residual)):
+        return handle_torch_function(
+            bias_dropout_add, (x, bias, residual), x, bias, residual, p, training=training, generator=generator
+        )
     p = _checks.probability(p, "bias_dropout_add")
     _checks.training_flag(training, "bias_dropout_add")
     _checks.same_operands(residual, "residual", x, "input", "bias_dropout_add")
     _checks.bias_operand(x, bias, "bias_dropout_add")
     if not training or p == 0.0:
         return residual + (x + bias)
+    if not _is_compiling():
+        result = _C.bias_dropout_add(x, bias, residual, p, generator)
+        if result is not NotImplemented:
+            return result
     return ops.bias_dropout_add(x, bias, residual, p, generator)[0]
 
 
@@ -233,6 +306,8 @@ def dropout_with_seed(input, p, seed, offset=0):
     mask on the CPU (and vice versa), bit for bit. seed and offset are ints in
     [0, 2^64); only offset // 4 enters the contract. Differentiable.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout_with_seed, (input,), input, p, seed, offset=offset)
     p = _checks.probability(p, "dropout_with_seed")
     rng_state = torch.tensor(
         [_checks.unsigned_64(seed, "seed"), _checks.unsigned_64(offset, "offset")], dtype=torch.int64, device=input.device

@@ -1,6 +1,5 @@
 """Losses built on two dropout passes."""
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["rdrop_loss"]

@@ -5,6 +5,7 @@ state_dict and train/eval behave as before; only forward differs.
 """
 
 import torch
+from torch.fx import Proxy
 
 from . import _checks
 from . import functional as F
@@ -32,6 +33,13 @@ class _NotScriptable:
         )
 
 
+def _traced_as_leaf(module, *args):
+    """Under torch.fx tracing, the module as one call_module node: a leaf, as torch.nn's
+    dropouts are (fx's default tracer takes only torch.nn's own modules for leaves)."""
+    tracer = args[0].tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
 class _FastdropMixin(_NotScriptable):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         # Before torch's own check, which lets NaN through.
@@ -43,6 +51,8 @@ class Dropout(_FastdropMixin, torch.nn.Dropout):
     """torch.nn.Dropout, computed by fastdrop's fused, mask-free kernels."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
@@ -50,6 +60,8 @@ class Dropout1d(_FastdropMixin, torch.nn.Dropout1d):
     """torch.nn.Dropout1d: whole channels of (N, C, L) or (C, L) input."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
@@ -57,6 +69,8 @@ class Dropout2d(_FastdropMixin, torch.nn.Dropout2d):
     """torch.nn.Dropout2d: whole channels of (N, C, H, W) input."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
@@ -64,6 +78,8 @@ class Dropout3d(_FastdropMixin, torch.nn.Dropout3d):
     """torch.nn.Dropout3d: whole channels of (N, C, D, H, W) or (C, D, H, W) input."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.dropout3d(input, self.p, self.training, self.inplace)
 
 
@@ -71,6 +87,8 @@ class AlphaDropout(_FastdropMixin, torch.nn.AlphaDropout):
     """torch.nn.AlphaDropout, for SELU networks."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.alpha_dropout(input, self.p, self.training)
 
 
@@ -78,6 +96,8 @@ class FeatureAlphaDropout(_FastdropMixin, torch.nn.FeatureAlphaDropout):
     """torch.nn.FeatureAlphaDropout: alpha dropout of whole channels."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.feature_alpha_dropout(input, self.p, self.training)
 
 
@@ -91,6 +111,8 @@ class DropPath(_NotScriptable, torch.nn.Module):
         self.scale_by_keep = scale_by_keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, Proxy):
+            return _traced_as_leaf(self, x)
         return F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
 
     def extra_repr(self) -> str:
@@ -108,6 +130,8 @@ class StochasticDepth(_NotScriptable, torch.nn.Module):
         self.mode = mode
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
         return F.stochastic_depth(input, self.p, self.mode, self.training)
 
     def __repr__(self) -> str:

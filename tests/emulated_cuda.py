@@ -18,6 +18,7 @@ The process must have the ASan runtime loaded first; tests/conftest.py
 re-executes pytest with it preloaded when emulated tests are selected.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -83,12 +84,11 @@ def _prune_cache():
     builds = sorted((p for p in CACHE.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in builds[KEEP_BUILDS:]:
         shutil.rmtree(old, ignore_errors=True)
+        (CACHE / f".{old.name}.lock").unlink(missing_ok=True)
 
 
 def build(csrc=None, build_dir=None, verbose=False):
     """Builds (or finds in the cache) the emulated operators' library; returns its path."""
-    from torch.utils import cpp_extension
-
     csrc = Path(csrc or sources_root()).resolve()
     build_dir = Path(build_dir or os.environ.get("FASTDROP_EMULATED_BUILD_DIR") or CACHE / source_digest(csrc))
     library = build_dir / "fastdrop_emulated.so"
@@ -96,6 +96,22 @@ def build(csrc=None, build_dir=None, verbose=False):
         os.utime(build_dir)
         return library
     build_dir.mkdir(parents=True, exist_ok=True)
+    # torch's builder guards a folder with a lock file that a killed build leaves behind, and then
+    # waits on it forever; a kernel lock dies with its holder, so under it that file is stale.
+    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if library.exists() and build_dir.parent == CACHE:
+            return library
+        (build_dir / "lock").unlink(missing_ok=True)
+        _compile(csrc, build_dir, verbose)
+    if build_dir.parent == CACHE:
+        _prune_cache()
+    return library
+
+
+def _compile(csrc, build_dir, verbose):
+    from torch.utils import cpp_extension
+
     sources = []
     for kernel_file in sorted((csrc / "cuda").glob("*.cu")):
         # The .cu files themselves, through a C++ file (the extension builder would hand .cu to nvcc).
@@ -114,9 +130,6 @@ def build(csrc=None, build_dir=None, verbose=False):
         is_python_module=False,
         verbose=verbose,
     )
-    if build_dir.parent == CACHE:
-        _prune_cache()
-    return library
 
 
 @lru_cache(maxsize=None)

@@ -115,6 +115,42 @@ def _inplace(name):
     return call
 
 
+def _row_major(shape):
+    strides, stride = [0] * len(shape), 1
+    for d in reversed(range(len(shape))):
+        strides[d], stride = stride, stride * shape[d]
+    return strides
+
+
+# indexed_dropout's decision index: (variant, strides of a shape, base).
+INDEXED = {
+    # vmap's "same" (batch stride 0), the base off a Philox block boundary
+    "same": ("dropout", lambda shape: [0, *_row_major(shape[1:])], 5),
+    # a vmap level over channels: groups (n, c), based past whole blocks and not
+    "channels": ("feature_dropout", lambda shape: [shape[1], 1] + [0] * (len(shape) - 2), 16),
+    "channels_unaligned": ("alpha_dropout", lambda shape: [shape[1], 1] + [0] * (len(shape) - 2), 3),
+    # indices in the reverse order of the dims (column-major)
+    "transposed": ("dropout", lambda shape: list(reversed(_row_major(list(reversed(shape))))), 0),
+    # an inner step so long that 32-bit pieces hold a few elements each
+    "long_steps": ("unscaled", lambda shape: [*_row_major(shape[:-1]), 2**27 + 3], 2**40),
+}
+
+
+def _indexed(label, inplace=False, backward=False):
+    variant, strides_of, base = INDEXED[label]
+
+    def call(ops, o, p, g):
+        strides = strides_of(o["x"].shape)
+        if backward:
+            return (ops.indexed_dropout_backward(o["x"], STATE, p, variant, strides, base),)
+        if inplace:
+            x = same_layout_copy(o["x"])
+            return x, ops.indexed_dropout_(x, p, variant, strides, base, g)
+        return ops.indexed_dropout(o["x"], p, variant, strides, base, g)
+
+    return call
+
+
 OPERATORS = [
     ("dropout", False, lambda ops, o, p, g: ops.dropout(o["x"], p, g)),
     ("alpha_dropout", False, lambda ops, o, p, g: ops.alpha_dropout(o["x"], p, g)),
@@ -135,6 +171,10 @@ OPERATORS = [
     ("drop_path_add", True, lambda ops, o, p, g: ops.drop_path_add(o["residual"], o["x"], p, True, g)),
     ("dropout_add", False, lambda ops, o, p, g: ops.dropout_add(o["residual"], o["x"], p, g)),
     ("bias_dropout_add", False, lambda ops, o, p, g: ops.bias_dropout_add(o["x"], o["bias"], o["residual"], p, g)),
+    *[(f"indexed_dropout_{label}", True, _indexed(label)) for label in INDEXED],
+    ("indexed_dropout__same", True, _indexed("same", inplace=True)),
+    ("indexed_dropout_backward_channels_unaligned", True, _indexed("channels_unaligned", backward=True)),
+    ("indexed_dropout_backward_long_steps", True, _indexed("long_steps", backward=True)),
 ]
 
 CONFIGS = {

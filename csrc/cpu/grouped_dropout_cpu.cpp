@@ -1,9 +1,10 @@
 // Grouped decisions on the CPU: one decision per group of leading dims (see
-// grouped_layout) applied to all its elements: feature dropout and feature
+// DecisionIndex) applied to all its elements: feature dropout and feature
 // alpha dropout (per channel), drop path and stochastic depth (per sample, or
-// once per batch), and drop_path_add (residual + drop_path(branch)), which
-// never reads a dropped sample's branch. The kernels walk memory order; no
-// mask is stored: decisions are drawn per run, a Philox block at a time.
+// once per batch), drop_path_add (residual + drop_path(branch)), which never
+// reads a dropped sample's branch, and indexed_dropout, whose decision index
+// is any strided function of the element's position. The kernels walk memory
+// order; no mask is stored: decisions are drawn per run, a Philox block at a time.
 #include <ATen/Dispatch.h>
 
 #include "../dropout_math.h"
@@ -40,11 +41,11 @@ class GroupBits {
 };
 
 // Calls apply(offsets, count, bits) for the runs of the layout (whose last
-// operand is the group index); bits[i] are the contract bits of the i-th
-// element's group, ties resolved. Runs inside one group get a single value
-// (bits_stride 0).
+// operand is the decision index, less `base`); bits[i] are the contract bits
+// of the i-th element's decision, ties resolved. Runs inside one group get a
+// single value (bits_stride 0).
 template <int kOperands, typename Apply>
-void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
+void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, int64_t base, RngState rng,
                          const DropThreshold& threshold, const Apply& apply) {
   const int64_t group_stride = layout.inner_stride(kOperands - 1);
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
@@ -53,7 +54,7 @@ void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, 
     LogicalCursor<kOperands> cursor;
     cursor.seek(layout, begin);
     walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t) {
-      const uint64_t first_group = static_cast<uint64_t>(offsets[kOperands - 1]);
+      const uint64_t first_group = static_cast<uint64_t>(base + offsets[kOperands - 1]);
       if (group_stride == 0) {  // one group for the whole run (NCHW channels, samples)
         const uint16_t run_bits = static_cast<uint16_t>(group_bits(first_group));
         apply(offsets, 0, count, &run_bits, true);
@@ -79,30 +80,46 @@ void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, 
   });
 }
 
+void run_grouped(Variant variant, double p, const DecisionIndex& index, const at::Tensor& input, at::Tensor& output,
+                 RngState rng) {
+  const DropThreshold threshold = drop_threshold(p);
+  const uint32_t compare = compare_bits(threshold);
+  const bool affine = is_affine(variant, p);
+  auto make = [&index](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, index); };
+  with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cpu", [&] {
+      const auto factors = dropout_factors<scalar_t>(variant, p);
+      scalar_t* out = t[0].template data_ptr<scalar_t>();
+      const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+      const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
+      parallel_group_runs(layout, input.numel(), index.base, rng, threshold,
+                          [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
+                            scalar_t* o = out + at[0] + done * out_stride;
+                            const scalar_t* i = in + at[1] + done * in_stride;
+                            if (uniform) {
+                              transform_uniform_run(o, out_stride, i, in_stride, count,
+                                                    is_kept(bits[0], compare), affine, factors);
+                            } else {
+                              transform_run(o, out_stride, i, in_stride, bits, count, compare, affine, factors);
+                            }
+                          });
+    });
+  });
+}
+
+// One decision per group of the first group_dims dims.
 auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
   return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, RngState rng) {
-    const DropThreshold threshold = drop_threshold(p);
-    const uint32_t compare = compare_bits(threshold);
-    const bool affine = is_affine(variant, p);
-    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return grouped_layout<3>(t, group_dims); };
-    with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cpu", [&] {
-        const auto factors = dropout_factors<scalar_t>(variant, p);
-        scalar_t* out = t[0].template data_ptr<scalar_t>();
-        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
-        parallel_group_runs(layout, input.numel(), rng, threshold,
-                            [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
-                              scalar_t* o = out + at[0] + done * out_stride;
-                              const scalar_t* i = in + at[1] + done * in_stride;
-                              if (uniform) {
-                                transform_uniform_run(o, out_stride, i, in_stride, count,
-                                                      is_kept(bits[0], compare), affine, factors);
-                              } else {
-                                transform_run(o, out_stride, i, in_stride, bits, count, compare, affine, factors);
-                              }
-                            });
-      });
+    run_grouped(variant, p, leading_dims_index(input.sizes(), group_dims), input, output, rng);
+  };
+}
+
+// Decisions at any strided index (indexed_dropout).
+auto indexed_kernel(Variant variant, double p, const DecisionIndex& index) {
+  return [variant, p, &index](const at::Tensor& input, at::Tensor& output, RngState rng) {
+    for_each_layout_slice<2>({output, input}, index, kMaxLayoutDims, [&](const auto& t, const DecisionIndex& slice_index) {
+      at::Tensor slice_output = t[0];
+      run_grouped(variant, p, slice_index, t[1], slice_output, rng);
     });
   };
 }
@@ -112,7 +129,8 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
   return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, RngState rng) {
     const DropThreshold threshold = drop_threshold(p);
     const uint32_t compare = compare_bits(threshold);
-    auto make = [](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, 1); };
+    const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
+    auto make = [&samples](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
@@ -120,7 +138,7 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
         const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
-        parallel_group_runs(layout, branch.numel(), rng, threshold,
+        parallel_group_runs(layout, branch.numel(), 0, rng, threshold,
                             [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
                               scalar_t* o = out + at[0] + done * so;
                               const scalar_t* i = in + at[1] + done * si;
@@ -143,5 +161,6 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
 }  // namespace
 
 FASTDROP_GROUPED_ENTRY_POINTS
+FASTDROP_INDEXED_ENTRY_POINTS
 
 }  // namespace fastdrop::cpu

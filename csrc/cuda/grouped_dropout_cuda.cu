@@ -207,10 +207,11 @@ bool dense_rows(const StridedLayout<kOperands>& layout) {
          (layout.ndim <= 1 || layout.inner_size() % kElementsPerBlock == 0);
 }
 
-// Whether a dense layout is [A, B, C] with groups a * stride + c (channels innermost, the same
-// for every b), C and the stride multiples of 8: the channels kernel's.
-bool dense_channels(const StridedLayout<3>& layout) {
+// Whether a dense layout is [A, B, C] with groups base + a * stride + c (channels innermost, the
+// same for every b), C, the stride and the base multiples of 8: the channels kernel's.
+bool dense_channels(const StridedLayout<3>& layout, int64_t base) {
   if (layout.ndim > 3 || layout.inner_stride(2) != 1 || layout.inner_size() % kElementsPerBlock != 0) return false;
+  if (base % kElementsPerBlock != 0) return false;
   if (layout.ndim == 3 && layout.strides[2][1] != 0) return false;
   return layout.ndim == 1 || layout.strides[2][0] % kElementsPerBlock == 0;
 }
@@ -233,18 +234,20 @@ using Offsets = std::array<int64_t, static_cast<size_t>(kOperands)>;
 // Calls launch(piece, base, count) over pieces of a layout that each satisfy
 // fits(piece, count) (32-bit indices and offsets), halving the outermost dim
 // until they do. base[k] is where operand k's piece starts (for the last
-// operand, the group index: decisions depend on it alone, so any split keeps
-// them). A one-dim layout splits at whole packs.
+// operand, the decision index: decisions depend on it alone, so any split
+// keeps them). A one-dim layout splits at whole packs, down to pieces of 16
+// elements; only a decision index that steps by more than 2^27 per element
+// (indexed_dropout) splits it further, for the strided kernel alone.
 template <int kOperands, typename Fits, typename Launch>
 void for_each_piece(const StridedLayout<kOperands>& layout, int64_t numel, const Offsets<kOperands>& base,
                     const Fits& fits, const Launch& launch) {
-  if (fits(layout, numel)) {  // an empty layout too: its forward's launch records rng_state
+  if (numel == 0 || fits(layout, numel)) {  // an empty layout once: its forward's launch records rng_state
     launch(layout, base, numel);
     return;
   }
   StridedLayout<kOperands> piece = layout;
   const int64_t rows = layout.sizes[0];
-  TORCH_INTERNAL_ASSERT(layout.ndim > 1 || rows > 2 * kElementsPerBlock, "fastdrop: a piece that no split fits");
+  TORCH_INTERNAL_ASSERT(layout.ndim > 1 || rows > 1, "fastdrop: a piece that no split fits");
   if (rows == 1) {  // the outermost dim is spent: go on with the next one
     piece.ndim = layout.ndim - 1;
     for (int d = 0; d < piece.ndim; ++d) {
@@ -255,8 +258,9 @@ void for_each_piece(const StridedLayout<kOperands>& layout, int64_t numel, const
     return;
   }
   const int64_t row = numel / rows;
-  const int64_t half = layout.ndim == 1 ? std::max<int64_t>(kElementsPerBlock, rows / 2 / kElementsPerBlock * kElementsPerBlock)
-                                        : rows / 2;
+  const int64_t half = layout.ndim == 1 && rows > 2 * kElementsPerBlock
+                           ? std::max<int64_t>(kElementsPerBlock, rows / 2 / kElementsPerBlock * kElementsPerBlock)
+                           : rows / 2;
   Offsets<kOperands> second = base;
   for (int k = 0; k < kOperands; ++k) second[k] += half * layout.strides[k][0];
   piece.sizes[0] = half;
@@ -265,10 +269,12 @@ void for_each_piece(const StridedLayout<kOperands>& layout, int64_t numel, const
   for_each_piece(piece, (rows - half) * row, second, fits, launch);
 }
 
-// Dense kernels index a piece's elements and groups in 32 bits.
+// Dense kernels index a piece's elements and decision indices (less its base) in 32 bits.
 template <int kOperands>
-bool fits_dense_groups(const StridedLayout<kOperands>&, int64_t count) {
-  return count <= max_kernel_index();
+bool fits_dense_groups(const StridedLayout<kOperands>& piece, int64_t count) {
+  int64_t reach = 0;
+  for (int d = 0; d < piece.ndim; ++d) reach += (piece.sizes[d] - 1) * piece.strides[kOperands - 1][d];
+  return count <= max_kernel_index() && reach <= max_kernel_index();
 }
 
 // The group operand of a dense piece (at most 3 dims), for the dense kernels.
@@ -284,12 +290,21 @@ DenseGroups dense_groups_of(const StridedLayout<kOperands>& piece, const Offsets
   return groups;
 }
 
+template <int kOperands>
+Offsets<kOperands> first_offsets(int64_t index_base) {
+  Offsets<kOperands> base{};
+  base[kOperands - 1] = index_base;
+  return base;
+}
+
 template <typename scalar_t, bool kAffine, int kOperands>
-void launch_grouped_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in,
-                            const scalar_t* residual, int64_t numel, const KernelRng& rng,
+void launch_grouped_strided(const StridedLayout<kOperands>& layout, int64_t index_base, scalar_t* out,
+                            const scalar_t* in, const scalar_t* residual, int64_t numel, const KernelRng& rng,
                             const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
-  auto fits = [](const StridedLayout<kOperands>& piece, int64_t count) { return fits_strided_map(piece, count); };
-  for_each_piece(layout, numel, Offsets<kOperands>{}, fits, [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
+  auto fits = [](const StridedLayout<kOperands>& piece, int64_t count) {
+    return fits_strided_map(piece, count, kOperands - 1);
+  };
+  for_each_piece(layout, numel, first_offsets<kOperands>(index_base), fits, [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
     FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(), grouped_strided_kernel<scalar_t, kAffine, kOperands>)(
         out + base[0], in + base[1], kOperands == 4 ? residual + base[2] : nullptr, StridedMap<kOperands>(piece),
         base[kOperands - 1], count, rng, threshold, factors);
@@ -299,53 +314,74 @@ void launch_grouped_strided(const StridedLayout<kOperands>& layout, scalar_t* ou
 
 // The grouped layout where the kernels take it: up to 4 dims, any size or
 // reach (in pieces, which halve down to 16 elements of the innermost dim; a
-// piece of 16 reaches 23 inner strides); else none, and with_layout runs the
-// op on contiguous copies.
+// piece of 16 reaches 23 inner strides of a data operand); else none, and
+// with_layout runs the op on contiguous copies.
 template <int kOperands, size_t kTensors>
 std::optional<StridedLayout<kOperands>> kernel_layout(const std::array<at::Tensor, kTensors>& tensors,
-                                                      int64_t group_dims) {
-  const auto layout = grouped_layout<kOperands>(tensors, group_dims);
+                                                      const DecisionIndex& index) {
+  const auto layout = grouped_layout<kOperands>(tensors, index);
   if (!layout || layout->ndim > StridedMap<kOperands>::kDims) return std::nullopt;
-  for (int k = 0; k < kOperands; ++k) {
+  for (int k = 0; k < kOperands - 1; ++k) {
     if (3 * kElementsPerBlock * layout->inner_stride(k) > max_kernel_index()) return std::nullopt;
   }
   return layout;
 }
 
-auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
-  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
-    const DropThreshold threshold = drop_threshold(p);
-    const int64_t numel = input.numel();
-    auto make = [group_dims](const std::array<at::Tensor, 2>& t) { return kernel_layout<3>(t, group_dims); };
-    with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cuda", [&] {
-        const auto factors = dropout_factors<scalar_t>(variant, p);
-        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        scalar_t* out = t[0].template data_ptr<scalar_t>();
-        const bool dense = dense_alike(t[0], {&t[1]});
-        const bool rows = dense && dense_rows(layout), channels = dense && !rows && dense_channels(layout);
-        with_affine(is_affine(variant, p), [&](auto affine) {
-          constexpr bool kAffine = decltype(affine)::value;
-          if (!rows && !channels) {
-            launch_grouped_strided<scalar_t, kAffine>(layout, out, in, nullptr, numel, rng, threshold, factors);
-            return;
+void run_grouped(Variant variant, double p, const DecisionIndex& index, const at::Tensor& input, at::Tensor& output,
+                 const KernelRng& rng) {
+  const DropThreshold threshold = drop_threshold(p);
+  const int64_t numel = input.numel();
+  auto make = [&index](const std::array<at::Tensor, 2>& t) { return kernel_layout<3>(t, index); };
+  with_layout<2>({output, input}, make, [&](const StridedLayout<3>& layout, const auto& t) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_grouped_cuda", [&] {
+      const auto factors = dropout_factors<scalar_t>(variant, p);
+      const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+      scalar_t* out = t[0].template data_ptr<scalar_t>();
+      const bool dense = dense_alike(t[0], {&t[1]});
+      const bool rows = dense && dense_rows(layout), channels = dense && !rows && dense_channels(layout, index.base);
+      with_affine(is_affine(variant, p), [&](auto affine) {
+        constexpr bool kAffine = decltype(affine)::value;
+        if (!rows && !channels) {
+          launch_grouped_strided<scalar_t, kAffine>(layout, index.base, out, in, nullptr, numel, rng, threshold,
+                                                    factors);
+          return;
+        }
+        for_each_piece(layout, numel, first_offsets<3>(index.base), fits_dense_groups<3>, [&](const StridedLayout<3>& piece, const auto& base, int64_t count) {
+          const int grid = grid_for(count);
+          const cudaStream_t stream = current_stream();
+          if (rows) {
+            FASTDROP_LAUNCH(grid, kThreads, stream, grouped_rows_kernel<scalar_t, kAffine>)(
+                in + base[1], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng, threshold,
+                factors);
+          } else {
+            const auto [pairs, units] = channel_pairs(piece, base[2]);
+            FASTDROP_LAUNCH(grid_size(units, kThreads), kThreads, stream, grouped_channels_kernel<scalar_t, kAffine>)(
+                in + base[1], out + base[0], pairs, static_cast<int32_t>(units), rng, threshold, factors);
           }
-          for_each_piece(layout, numel, Offsets<3>{}, fits_dense_groups<3>, [&](const StridedLayout<3>& piece, const auto& base, int64_t count) {
-            const int grid = grid_for(count);
-            const cudaStream_t stream = current_stream();
-            if (rows) {
-              FASTDROP_LAUNCH(grid, kThreads, stream, grouped_rows_kernel<scalar_t, kAffine>)(
-                  in + base[1], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng, threshold,
-                  factors);
-            } else {
-              const auto [pairs, units] = channel_pairs(piece, base[2]);
-              FASTDROP_LAUNCH(grid_size(units, kThreads), kThreads, stream, grouped_channels_kernel<scalar_t, kAffine>)(
-                  in + base[1], out + base[0], pairs, static_cast<int32_t>(units), rng, threshold, factors);
-            }
-            check_launch();
-          });
+          check_launch();
         });
       });
+    });
+  });
+}
+
+// One decision per group of the first group_dims dims.
+auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
+  return [variant, p, group_dims](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
+    run_grouped(variant, p, leading_dims_index(input.sizes(), group_dims), input, output, rng);
+  };
+}
+
+// Decisions at any strided index (indexed_dropout).
+auto indexed_kernel(Variant variant, double p, const DecisionIndex& index) {
+  return [variant, p, &index](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
+    if (input.numel() == 0) {  // launched all the same: the launch records rng_state
+      run_grouped(variant, p, index, input, output, rng);
+      return;
+    }
+    for_each_layout_slice<2>({output, input}, index, StridedMap<3>::kDims, [&](const auto& t, const DecisionIndex& slice_index) {
+      at::Tensor slice_output = t[0];
+      run_grouped(variant, p, slice_index, t[1], slice_output, rng);
     });
   };
 }
@@ -354,7 +390,8 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
   return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
     const int64_t numel = branch.numel();
-    auto make = [](const std::array<at::Tensor, 3>& t) { return kernel_layout<4>(t, 1); };
+    const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
+    auto make = [&samples](const std::array<at::Tensor, 3>& t) { return kernel_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
         const auto factors = dropout_factors<scalar_t>(variant, p);
@@ -364,7 +401,7 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
         const bool dense = dense_alike(t[0], {&t[1], &t[2]}) &&
                            dense_rows(layout);
         if (!dense) {
-          launch_grouped_strided<scalar_t, false>(layout, out, x, r, numel, rng, threshold, factors);
+          launch_grouped_strided<scalar_t, false>(layout, 0, out, x, r, numel, rng, threshold, factors);
           return;
         }
         for_each_piece(layout, numel, Offsets<4>{}, fits_dense_groups<4>, [&](const StridedLayout<4>& piece, const auto& base, int64_t count) {
@@ -381,5 +418,6 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
 }  // namespace
 
 FASTDROP_GROUPED_ENTRY_POINTS
+FASTDROP_INDEXED_ENTRY_POINTS
 
 }  // namespace fastdrop::cuda

@@ -97,15 +97,18 @@ struct StridedMap {
 
 // Whether the strided kernels take a layout: 32-bit indices and offsets
 // (below max_kernel_index(), INT32_MAX; the emulated device can lower it to
-// send small tensors down the paths that big ones take).
+// send small tensors down the paths that big ones take). The first
+// data_operands operands are read a pack at a time along the inner dim, so
+// their offsets need room for 8 steps more; a grouped kernel's last operand
+// (the decision index) is located per element or per pack, and needs none.
 template <int kOperands>
-bool fits_strided_map(const StridedLayout<kOperands>& layout, int64_t numel) {
+bool fits_strided_map(const StridedLayout<kOperands>& layout, int64_t numel, int data_operands = kOperands) {
   const int64_t limit = max_kernel_index();
   if (layout.ndim > StridedMap<kOperands>::kDims || numel > limit) return false;
   for (int k = 0; k < kOperands; ++k) {
     int64_t reach = 0;  // the largest offset of operand k (torch's strides are never negative)
     for (int d = 0; d < layout.ndim; ++d) reach += (layout.sizes[d] - 1) * layout.strides[k][d];
-    if (reach > limit - 8 * layout.inner_stride(k)) return false;
+    if (reach > limit - (k < data_operands ? 8 * layout.inner_stride(k) : 0)) return false;
   }
   return true;
 }

@@ -1,0 +1,321 @@
+"""torch.vmap of every fastdrop operator, with torch's randomness semantics.
+
+vmap calls a random operator once per level with the batched inputs; it is
+for the operator to decide what the slices' masks are. As torch's dropouts do
+(their rules live at the FuncTorchVmapMode key, which vmap enables for every
+call inside it, batched inputs or not), with vmap's ``randomness``:
+
+- ``"error"``: the forward operators raise torch's error;
+- ``"same"``: every slice gets the mask an unbatched call would give it: the
+  decision index of an element is its index within its slice, so the batch
+  dim takes index stride 0;
+- ``"different"``: the slices' masks are independent: the call is the call on
+  the stacked tensor (an unbatched input is expanded to it, as torch does), the
+  batch dim taking index stride span, the number of decision indices a slice
+  uses. So vmap(f, randomness="different")(x) is f(x) on the whole batch.
+
+Every forward runs as fastdrop::indexed_dropout with those index strides, one
+kernel for the whole batch. The backward operators are not random: their rule
+applies the mask the forward drew, which the batching of rng_state tells: a
+forward with randomness "same" returns it unbatched, one with "different"
+returns it broadcast over the batch (stride 0). So a backward whose rng_state
+is batched uses the stacked call's indices. Nested vmaps compose level by level.
+
+The fused residual forms are composed of indexed_dropout and torch ops under
+vmap, rounded as the fused kernels round (bit for bit the same results).
+"""
+
+import torch
+from torch._C._functorch import _add_batch_dim, _unwrap_batched, is_batchedtensor
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+from . import _checks
+
+ops = torch.ops.fastdrop
+
+RANDOMNESS_ERROR = (
+    "vmap: called random operation while in randomness error mode. Please either use the 'same' or 'different' "
+    "randomness flags on vmap or perform the randomness operation out of vmap"
+)
+INPLACE_DIFFERENT_ERROR = (
+    "vmap: Cannot ask for different inplace randomness on an unbatched tensor. This will appear like same "
+    "randomness. If this is necessary for your usage, please file an issue with functorch."
+)
+
+_VMAP_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchVmapMode) | torch._C.DispatchKeySet(
+    torch._C.DispatchKey.FuncTorchBatched
+)
+
+
+class Level:
+    """The vmap level a rule runs at: its batch size and randomness."""
+
+    def __init__(self, interpreter):
+        self.batch_size = interpreter.batch_size()
+        self.randomness = interpreter.randomness()
+
+    def check_random(self):
+        if self.randomness == "error":
+            raise RuntimeError(RANDOMNESS_ERROR)
+
+    def different(self):
+        return self.randomness == "different"
+
+
+# Decision strides of one slice (its logical shape): what each operator decides per.
+
+
+def row_major(shape):
+    strides, stride = [0] * len(shape), 1
+    for d in range(len(shape) - 1, -1, -1):
+        strides[d] = stride
+        stride *= shape[d]
+    return strides
+
+
+def leading(shape, dims):
+    """One decision per index of the first `dims` dims (row-major), the rest sharing it."""
+    return row_major(shape[:dims]) + [0] * (len(shape) - dims)
+
+
+def span(shape, strides):
+    """How many decision indices a slice spans: the next slice starts there."""
+    if any(size == 0 for size in shape):
+        return 1
+    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+
+
+def check_feature(shape):
+    if len(shape) < 2:
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+
+
+def check_samples(shape, per_sample=True):
+    if per_sample and len(shape) == 0:
+        raise RuntimeError("fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor")
+
+
+# Each variant operator: (indexed_dropout's variant name, slice strides) from its
+# slice shape and arguments after p. The backward operators take the same arguments.
+
+
+def _elementwise(variant):
+    return lambda shape, *_: (variant, row_major(shape), 0)
+
+
+def _channelwise(variant):
+    def decide(shape, *_):
+        check_feature(shape)
+        return variant, leading(shape, 2), 0
+
+    return decide
+
+
+def _drop_path(shape, scale_by_keep=True, per_sample=True, *_):
+    check_samples(shape, per_sample)
+    return ("feature_dropout" if scale_by_keep else "unscaled"), leading(shape, 1 if per_sample else 0), 0
+
+
+def _indexed(shape, variant, index_strides, index_base=0, *_):
+    if len(index_strides) != len(shape):
+        raise RuntimeError(
+            f"fastdrop.indexed_dropout: index_strides must have one stride per dim of the input ({len(shape)}), "
+            f"but got {len(index_strides)}"
+        )
+    return variant, list(index_strides), index_base
+
+
+VARIANTS = {
+    "dropout": _elementwise("dropout"),
+    "alpha_dropout": _elementwise("alpha_dropout"),
+    "feature_dropout": _channelwise("feature_dropout"),
+    "feature_alpha_dropout": _channelwise("alpha_dropout"),
+    "drop_path": _drop_path,
+    "indexed_dropout": _indexed,
+}
+
+
+def batch_first(level, tensor, bdim):
+    """The physical tensor with the vmap dim first; an unbatched one expanded to the batch."""
+    if bdim is None:
+        return tensor.expand(level.batch_size, *tensor.shape)
+    return tensor.movedim(bdim, 0)
+
+
+def aligned(tensor, bdim, rank):
+    """A physical operand to broadcast against a batch-first tensor of logical rank `rank`."""
+    if bdim is None:
+        return tensor
+    tensor = tensor.movedim(bdim, 0)
+    return tensor.reshape(tensor.shape[0], *([1] * (rank - tensor.dim() + 1)), *tensor.shape[1:])
+
+
+def logical(tensor, bdim):
+    """A view with the shape, dtype and device one slice has (for argument checks)."""
+    return tensor if bdim is None else tensor.select(bdim, 0)
+
+
+def index_strides(level, shape, slice_strides, state_batched):
+    lead = span(shape, slice_strides) if state_batched else 0
+    return [lead, *slice_strides]
+
+
+def returned_state(level, state):
+    """rng_state as a forward returns it: broadcast over the batch for 'different', else unbatched."""
+    if level.different():
+        return state.expand(level.batch_size, *state.shape), 0
+    return state, None
+
+
+def one_state(state, bdim):
+    """The rng_state of the stacked call a batched rng_state stands for."""
+    state = state.movedim(bdim, 0)
+    if state.shape[0] > 1 and state.stride(0) != 0:
+        if is_batchedtensor(state) or not torch.equal(state, state[:1].expand_as(state)):
+            raise RuntimeError(
+                "fastdrop: under vmap, a batched rng_state must be the one state of a forward call with "
+                "randomness='different' (the same for every slice); vmap over different rng_states is not supported"
+            )
+    return state[0]
+
+
+def drawn(level, name, x, bdim, p, args, generator, inplace=False):
+    """The variant operator `name` on x (batched at bdim, or, for randomness
+    "different", not): the physical output (None in place), and rng_state with its bdim."""
+    if bdim is None and inplace:
+        raise RuntimeError(INPLACE_DIFFERENT_ERROR)
+    x = batch_first(level, x, bdim)
+    variant, slice_strides, base = VARIANTS[name](x.shape[1:], *args)
+    strides = index_strides(level, x.shape[1:], slice_strides, level.different())
+    if inplace:
+        return None, *returned_state(level, ops.indexed_dropout_(x, p, variant, strides, base, generator))
+    output, state = ops.indexed_dropout(x, p, variant, strides, base, generator)
+    return output, *returned_state(level, state)
+
+
+def forward_rule(name):
+    def rule(level, args, bdims):
+        x, p, *rest, generator = args
+        output, state, state_dim = drawn(level, name, x, bdims[0], p, rest, generator)
+        return (output, state), (0, state_dim)
+
+    return rule
+
+
+def inplace_rule(name):
+    def rule(level, args, bdims):
+        x, p, *rest, generator = args
+        _, state, state_dim = drawn(level, name, x, bdims[0], p, rest, generator, inplace=True)
+        return state, state_dim
+
+    return rule
+
+
+def backward_rule(name):
+    def rule(level, args, bdims):
+        grad, state, p, *rest = args
+        grad_dim, state_dim = bdims
+        if state_dim is not None:
+            state = one_state(state, state_dim)
+        grad = batch_first(level, grad, grad_dim)
+        variant, slice_strides, base = VARIANTS[name](grad.shape[1:], *rest)
+        strides = index_strides(level, grad.shape[1:], slice_strides, state_dim is not None)
+        return ops.indexed_dropout_backward(grad, state, p, variant, strides, base), 0
+
+    return rule
+
+
+# The fused residual forms, composed. Operands are aligned for broadcasting
+# against the batch-first result (unbatched ones broadcast over the batch).
+
+
+def dropout_add_rule(level, args, bdims):
+    residual, x, p, generator = args
+    residual_dim, x_dim = bdims
+    _checks.same_operands(logical(residual, residual_dim), "residual", logical(x, x_dim), "input", "dropout_add")
+    rank = x.dim() - (x_dim is not None)
+    dropped, state, state_dim = drawn(level, "dropout", x, x_dim, p, [], generator)
+    return (aligned(residual, residual_dim, rank) + dropped, state), (0, state_dim)
+
+
+def bias_dropout_add_rule(level, args, bdims):
+    x, bias, residual, p, generator = args
+    x_dim, bias_dim, residual_dim = bdims
+    _checks.same_operands(logical(residual, residual_dim), "residual", logical(x, x_dim), "input", "bias_dropout_add")
+    _checks.bias_operand(logical(x, x_dim), logical(bias, bias_dim), "bias_dropout_add")
+    rank = x.dim() - (x_dim is not None)
+    biased = aligned(x, x_dim, rank) + aligned(bias, bias_dim, rank)
+    dropped, state, state_dim = drawn(level, "dropout", biased, 0 if biased.dim() > rank else None, p, [], generator)
+    return (aligned(residual, residual_dim, rank) + dropped, state), (0, state_dim)
+
+
+def drop_path_add_rule(level, args, bdims):
+    residual, branch, p, scale_by_keep, generator = args
+    residual_dim, branch_dim = bdims
+    _checks.same_operands(
+        logical(residual, residual_dim), "residual", logical(branch, branch_dim), "branch", "drop_path_add"
+    )
+    rank = branch.dim() - (branch_dim is not None)
+    check_samples(logical(branch, branch_dim).shape)
+    branch = batch_first(level, branch, branch_dim)
+    variant, slice_strides, _ = _drop_path(branch.shape[1:], scale_by_keep)
+    strides = index_strides(level, branch.shape[1:], slice_strides, level.different())
+    dropped, state = ops.indexed_dropout(branch, p, variant, strides, 0, generator)
+    # Where a sample is kept, residual + its scaled branch; where dropped, the
+    # residual itself, as the fused kernel, which never reads a dropped branch
+    # (no NaN from it, no -0 turned into +0).
+    kept = ops.indexed_dropout_backward(torch.ones_like(branch), state, p, variant, strides, 0) != 0
+    residual = aligned(residual, residual_dim, rank)
+    state, state_dim = returned_state(level, state)
+    return (torch.where(kept, residual + dropped, residual), state), (0, state_dim)
+
+
+RULES = {
+    **{name: forward_rule(name) for name in VARIANTS},
+    **{name + "_": inplace_rule(name) for name in VARIANTS if name != "drop_path"},
+    **{name + "_backward": backward_rule(name) for name in VARIANTS},
+    "dropout_add": dropout_add_rule,
+    "bias_dropout_add": bias_dropout_add_rule,
+    "drop_path_add": drop_path_add_rule,
+}
+
+
+def _full_arguments(schema, args, kwargs):
+    """Every argument in schema order: the dispatcher leaves out trailing defaults."""
+    values = list(args)
+    for argument in schema.arguments[len(args):]:
+        values.append(kwargs[argument.name] if argument.name in kwargs else argument.default_value)
+    return values
+
+
+def _kernel(name, rule):
+    op = getattr(ops, name).default
+    random = not name.endswith("_backward")
+
+    def kernel(keyset, *args, **kwargs):
+        interpreter = retrieve_current_functorch_interpreter()
+        level, level_id = Level(interpreter), interpreter.level()
+        values, bdims = [], []
+        for value in _full_arguments(op._schema, args, kwargs):
+            if isinstance(value, torch.Tensor):
+                value, bdim = _unwrap_batched(value, level_id)
+                bdims.append(bdim)
+            values.append(value)
+        if random:
+            level.check_random()
+        with torch._C._ExcludeDispatchKeyGuard(_VMAP_KEYS):
+            if all(bdim is None for bdim in bdims) and not (random and level.different()):
+                return op(*values)  # nothing batched, and one mask for every slice (or none drawn): the plain call
+            outputs, out_dims = rule(level, values, bdims)
+        if isinstance(outputs, tuple):
+            return tuple(o if d is None else _add_batch_dim(o, d, level_id) for o, d in zip(outputs, out_dims))
+        return outputs if out_dims is None else _add_batch_dim(outputs, out_dims, level_id)
+
+    return kernel
+
+
+_library = torch.library.Library("fastdrop", "IMPL")
+for _name, _rule in RULES.items():
+    _library.impl(_name, _kernel(_name, _rule), "FuncTorchVmapMode", with_keyset=True)
+    # Batched inputs reach the same rule (the for-loop fallback would draw per slice).
+    _library.impl(_name, torch.library.fallthrough_kernel, "FuncTorchBatched")
