@@ -2,7 +2,7 @@
 replaces, and the bytes it must move (each input read once, each output
 written once; benchmarks/README.md explains each count)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -38,13 +38,19 @@ def flat(numel):
 
 
 def images(numel):
-    """(N, 64, 16, 16) activations, as after a convolution: channel dropout's input."""
-    return (max(1, numel // (64 * 16 * 16)), 64, 16, 16)
+    """(N, 64, 16, 16) activations, as after a convolution: channel dropout's input
+    ((1, C, 16, 16) with fewer channels below 2^14 elements)."""
+    if numel < 64 * 16 * 16:
+        return (1, max(1, numel // 256), 16, 16)
+    return (numel // (64 * 16 * 16), 64, 16, 16)
 
 
 def tokens(numel):
-    """(B, 64, 64): B samples of 64 tokens of width 64, a transformer's residual stream."""
-    return (max(1, numel // 4096), 64, 64)
+    """(B, 64, 64): B samples of 64 tokens of width 64, a transformer's residual stream
+    ((B, T, 64) with T * B = numel / 64 and at least 4 samples below 2^14 elements)."""
+    if numel < 4 * 4096:
+        return (4, max(1, numel // 256), 64)
+    return (numel // 4096, 64, 64)
 
 
 def rows(numel):
@@ -156,6 +162,20 @@ OPS = [
         differentiable=(0, 1, 2),
     ),
 ]
+
+
+
+def in_channels_last(op):
+    """The same op, measured on channels_last inputs."""
+    def inputs(shape, dtype, device):
+        return tuple(t.contiguous(memory_format=torch.channels_last) for t in op.inputs(shape, dtype, device))
+
+    return replace(op, name=f"{op.name}_channels_last", inputs=inputs)
+
+
+for _name in ("feature_alpha_dropout", "dropout2d"):  # each right after its NCHW form
+    _at = next(i for i, op in enumerate(OPS) if op.name == _name)
+    OPS.insert(_at + 1, in_channels_last(OPS[_at]))
 
 OPS_BY_NAME = {op.name: op for op in OPS}
 FAMILIES = list(dict.fromkeys(op.family for op in OPS))

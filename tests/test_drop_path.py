@@ -8,6 +8,7 @@ import fastdrop
 import torch_reference as ref
 from conftest import assert_identical, requires_cuda, saved_bytes
 from contract_reference import keep_mask
+from test_dropout_family import every_half_value
 
 F = fastdrop.functional
 ops = torch.ops.fastdrop
@@ -333,3 +334,18 @@ def test_cpu_and_cuda_agree(dtype, scale_by_keep):
     y, state = ops.bias_dropout_add(branch, bias, residual, 0.3)
     mask = keep_mask(state, branch.shape, 0.3)
     assert_identical(y.cpu(), residual.cpu() + ref.dropout(branch.cpu() + bias.cpu(), mask, 0.3))
+
+
+def test_every_fp16_value_in_every_residual_form(device):
+    # Each operand takes every fp16 bit pattern, in another order than the others.
+    x, residual = every_half_value((64, 1024), device), every_half_value((64, 1024), device, shift=777)
+    bias = every_half_value((64, 1024), device, shift=4242)[5]
+    y, rng_state = ops.dropout_add(residual, x, 0.3)
+    assert_identical(y, residual + ref.dropout(x, keep_mask(rng_state, x.shape, 0.3), 0.3))
+    y, rng_state = ops.bias_dropout_add(x, bias, residual, 0.3)
+    assert_identical(y, residual + ref.dropout(x + bias, keep_mask(rng_state, x.shape, 0.3), 0.3))
+    y, rng_state = ops.drop_path_add(residual, x, 0.3)
+    keep = ref.sample_mask(rng_state, 64, 0.3)
+    # A dropped sample's branch is never read (its NaNs and infinities too): the residual itself.
+    expected = torch.where(keep[:, None].to(device), residual + ref.timm_drop_path(x, keep, 0.3, True), residual)
+    assert_identical(y, expected)

@@ -46,6 +46,9 @@ def test_every_layout_gets_the_contiguous_result(device, name):
         base.permute(0, 1, 3, 2),
         base[:, :, ::2, 1:],
         base.transpose(0, 1),
+        base[:, :, :3],  # rows of one decision, apart in memory
+        base[:1].contiguous(memory_format=torch.channels_last),  # one sample's pixels
+        base[:, :, :, :1].contiguous(memory_format=torch.channels_last),
     ]
     for x in layouts:
         torch.manual_seed(3)
@@ -320,3 +323,26 @@ def test_compile_fullgraph_through_the_warning_paths():
         eager = step(x)
     torch.manual_seed(0)
     assert_identical(compiled(x), eager)
+
+
+def every_half_value(shape, device, shift=0):
+    """All 65536 fp16 bit patterns (subnormals, infinities, NaNs) in `shape`, rolled by `shift`."""
+    bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).roll(shift)
+    return bits.view(torch.float16).reshape(shape).to(device)
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_every_fp16_value_rounds_as_torch(device, name, layout):
+    # Runs of 64 and 1 elements, and runs with one decision (per channel) or many: the fp16 chunk
+    # loops (converted by the CPU's instructions) and the element loops.
+    x = every_half_value((16, 16, 16, 16), device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y, rng_state = getattr(ops, name)(x, 0.3)
+    mask = ref.variant_mask(name, rng_state, x.shape, 0.3)
+    assert_identical(y, ref.forward(name, x.detach(), mask, 0.3))
+    grad = every_half_value(x.shape, device, shift=12345)
+    (x_grad,) = torch.autograd.grad(y, x, grad)
+    assert_identical(x_grad, ref.backward(name, grad, mask, 0.3))

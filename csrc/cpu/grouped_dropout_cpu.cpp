@@ -40,7 +40,84 @@ class GroupBits {
   PhiloxBlock bits_{};
 };
 
-// Calls apply(offsets, count, bits) for the runs of the layout (whose last
+// The bits of groups first, first + stride, ... (n of them, n <= kBitsChunk), ties resolved, in a
+// buffer of kBitsChunk + 2 * kElementsPerBlock values; returns where they start in it.
+const uint16_t* draw_group_bits(GroupBits& group_bits, uint64_t first, int64_t stride, int64_t n, RngState rng,
+                                const DropThreshold& threshold, uint16_t* buffer) {
+  if (stride != 1) {
+    for (int64_t i = 0; i < n; ++i) buffer[i] = group_bits(first + static_cast<uint64_t>(i * stride));
+    return buffer;
+  }
+  // Consecutive groups (channels_last, NCHW rows): whole Philox blocks at SIMD speed.
+  const uint64_t first_block = first / kElementsPerBlock;
+  const uint64_t last_block = (first + n - 1) / kElementsPerBlock;
+  fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1), buffer);
+  uint16_t* bits = buffer + (first - first_block * kElementsPerBlock);
+  resolve_ties(bits, n, first, threshold, rng);
+  return bits;
+}
+
+// Whether every data operand (all but the last, the decision index) is contiguous along the inner dim.
+template <int kOperands>
+bool contiguous_rows(const StridedLayout<kOperands>& layout) {
+  for (int k = 0; k < kOperands - 1; ++k) {
+    if (layout.inner_stride(k) != 1) return false;
+  }
+  return true;
+}
+
+// Layouts of contiguous rows with one decision each (NCHW channels, samples: (rows, row_size) with the
+// index (s, 0)): apply_rows(first_row, rows, row_bits) over chunks of rows, their decisions drawn
+// together. Threads split whole rows. False (nothing done) for other layouts, and for too few rows to
+// split evenly.
+template <int kOperands, typename ApplyRows>
+bool parallel_uniform_rows(const StridedLayout<kOperands>& layout, int64_t base, RngState rng,
+                           const DropThreshold& threshold, const ApplyRows& apply_rows) {
+  if (layout.ndim != 2 || !contiguous_rows(layout) || layout.inner_stride(kOperands - 1) != 0) return false;
+  const int64_t rows = layout.sizes[0], row_size = layout.sizes[1];
+  // A few long rows (drop path on a small batch) split unevenly by rows: threads split elements instead.
+  if (rows < 16 * at::get_num_threads()) return false;
+  const int64_t group_stride = layout.strides[kOperands - 1][0];
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / row_size), [&](int64_t begin, int64_t end) {
+    GroupBits group_bits(rng, threshold);
+    alignas(64) uint16_t buffer[kBitsChunk + 2 * kElementsPerBlock];
+    for (int64_t row = begin; row < end; row += kBitsChunk) {
+      const int64_t n = std::min(kBitsChunk, end - row);
+      const uint64_t first = static_cast<uint64_t>(base + row * group_stride);
+      apply_rows(row, n, draw_group_bits(group_bits, first, group_stride, n, rng, threshold, buffer));
+    }
+  });
+  return true;
+}
+
+// Layouts whose rows all take the same run of decisions, one per element, within each outer index
+// (channels_last's (N, H * W, C) with the index (C, 0, 1), or (H * W, C) with (0, 1) for one sample):
+// apply_rows(outer, first_row, rows, bits) with the bits of that outer index's groups, drawn once
+// for all its rows. False (nothing done) for other layouts.
+template <int kOperands, typename ApplyRows>
+bool parallel_shared_rows(const StridedLayout<kOperands>& layout, int64_t base, RngState rng,
+                          const DropThreshold& threshold, const ApplyRows& apply_rows) {
+  if (layout.ndim < 2 || layout.ndim > 3 || !contiguous_rows(layout)) return false;
+  const int64_t* index = layout.strides[kOperands - 1];
+  const int d = layout.ndim - 2;  // the rows' dim
+  if (index[d] != 0 || index[d + 1] != 1 || layout.sizes[d + 1] > kBitsChunk) return false;
+  const int64_t outer = d == 1 ? layout.sizes[0] : 1, outer_stride = d == 1 ? index[0] : 0;
+  const int64_t rows = layout.sizes[d], row_size = layout.sizes[d + 1];
+  at::parallel_for(0, outer * rows, std::max<int64_t>(1, kGrainElements / row_size), [&](int64_t begin, int64_t end) {
+    GroupBits group_bits(rng, threshold);
+    alignas(64) uint16_t buffer[kBitsChunk + 2 * kElementsPerBlock];
+    for (int64_t row = begin; row < end;) {
+      const int64_t o = row / rows, first_row = row % rows;
+      const int64_t n = std::min(rows - first_row, end - row);
+      const uint64_t first = static_cast<uint64_t>(base + o * outer_stride);
+      apply_rows(o, first_row, n, draw_group_bits(group_bits, first, 1, row_size, rng, threshold, buffer));
+      row += n;
+    }
+  });
+  return true;
+}
+
+// Calls apply(offsets, count, bits) for the runs of any layout (whose last
 // operand is the decision index, less `base`); bits[i] are the contract bits
 // of the i-th element's decision, ties resolved. Runs inside one group get a
 // single value (bits_stride 0).
@@ -50,31 +127,20 @@ void parallel_group_runs(const StridedLayout<kOperands>& layout, int64_t numel, 
   const int64_t group_stride = layout.inner_stride(kOperands - 1);
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
     GroupBits group_bits(rng, threshold);  // one per thread's range: neighbouring runs share Philox blocks
-    alignas(64) uint16_t bits[kBitsChunk + 2 * kElementsPerBlock];
+    alignas(64) uint16_t buffer[kBitsChunk + 2 * kElementsPerBlock];
     LogicalCursor<kOperands> cursor;
     cursor.seek(layout, begin);
     walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t) {
       const uint64_t first_group = static_cast<uint64_t>(base + offsets[kOperands - 1]);
-      if (group_stride == 0) {  // one group for the whole run (NCHW channels, samples)
-        const uint16_t run_bits = static_cast<uint16_t>(group_bits(first_group));
+      if (group_stride == 0) {  // one group for the whole run
+        const uint16_t run_bits = group_bits(first_group);
         apply(offsets, 0, count, &run_bits, true);
         return;
       }
       for (int64_t done = 0; done < count; done += kBitsChunk) {
         const int64_t n = std::min(kBitsChunk, count - done);
         const uint64_t group = first_group + static_cast<uint64_t>(done * group_stride);
-        const uint16_t* run_bits = bits;
-        if (group_stride == 1) {  // consecutive groups (channels_last): whole blocks at SIMD speed
-          const uint64_t first_block = group / kElementsPerBlock;
-          const uint64_t last_block = (group + n - 1) / kElementsPerBlock;
-          fill_element_bits(rng.seed, rng.offset / 4, first_block, static_cast<int64_t>(last_block - first_block + 1),
-                            bits);
-          run_bits = bits + (group - first_block * kElementsPerBlock);
-          resolve_ties(bits + (group - first_block * kElementsPerBlock), n, group, threshold, rng);
-        } else {
-          for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(group_bits(group + i * group_stride));
-        }
-        apply(offsets, done, n, run_bits, false);
+        apply(offsets, done, n, draw_group_bits(group_bits, group, group_stride, n, rng, threshold, buffer), false);
       }
     });
   });
@@ -92,6 +158,25 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
       scalar_t* out = t[0].template data_ptr<scalar_t>();
       const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
       const int64_t out_stride = layout.inner_stride(0), in_stride = layout.inner_stride(1);
+      const int64_t* outer_out = layout.strides[0];
+      const int64_t* outer_in = layout.strides[1];
+      const int64_t row_size = layout.inner_size();
+      const bool rows_done =
+          parallel_uniform_rows(layout, index.base, rng, threshold,
+                                [&](int64_t row, int64_t rows, const uint16_t* bits) {
+                                  transform_uniform_rows(out + row * outer_out[0], outer_out[0],
+                                                         in + row * outer_in[0], outer_in[0], row_size, rows, bits,
+                                                         compare, affine, factors);
+                                }) ||
+          parallel_shared_rows(layout, index.base, rng, threshold,
+                               [&](int64_t o, int64_t row, int64_t rows, const uint16_t* bits) {
+                                 const int d = layout.ndim - 2;
+                                 const int64_t at_out = (d == 1 ? o * outer_out[0] : 0) + row * outer_out[d];
+                                 const int64_t at_in = (d == 1 ? o * outer_in[0] : 0) + row * outer_in[d];
+                                 transform_shared_rows(out + at_out, outer_out[d], in + at_in, outer_in[d], row_size,
+                                                       rows, bits, compare, affine, factors);
+                               });
+      if (rows_done) return;
       parallel_group_runs(layout, input.numel(), index.base, rng, threshold,
                           [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
                             scalar_t* o = out + at[0] + done * out_stride;
@@ -138,6 +223,13 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
         const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
         const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
+        const int64_t ro = layout.strides[0][0], ri = layout.strides[1][0], rr = layout.strides[2][0];
+        const bool rows_done = parallel_uniform_rows(
+            layout, 0, rng, threshold, [&](int64_t row, int64_t rows, const uint16_t* bits) {
+              add_uniform_rows(out + row * ro, ro, in + row * ri, ri, res + row * rr, rr, layout.inner_size(), rows,
+                               bits, compare, factors);
+            });
+        if (rows_done) return;
         parallel_group_runs(layout, branch.numel(), 0, rng, threshold,
                             [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
                               scalar_t* o = out + at[0] + done * so;

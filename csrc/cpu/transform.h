@@ -63,7 +63,11 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
   }
 }
 
-// Unit-stride versions, compiled for several ISAs (transform_cpu.cpp).
+// Unit-stride versions, compiled for several ISAs (transform_cpu.cpp). The *_rows forms take `rows`
+// runs of row_size contiguous elements, row r at out + r * out_row_stride (and the inputs' likewise),
+// in one call, so that a short row (an 8x8 feature map) costs no call and no setup of its own:
+// row r decided by row_bits[r] (uniform rows), or every row by the same per-element bits (shared rows:
+// a channels_last pixel's channels).
 #define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
   void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
                             uint32_t compare, bool affine, DropoutFactors<scalar_t> factors);           \
@@ -73,7 +77,16 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
                               const uint16_t* bits, int64_t count, uint32_t compare,                           \
                               DropoutFactors<scalar_t> factors);                                          \
   void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count,         \
-                              bool kept, DropoutFactors<scalar_t> factors);
+                              bool kept, DropoutFactors<scalar_t> factors);                               \
+  void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,   \
+                              int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare,       \
+                              bool affine, DropoutFactors<scalar_t> factors);                             \
+  void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,    \
+                             int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine, \
+                             DropoutFactors<scalar_t> factors);                                           \
+  void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,         \
+                        const scalar_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,   \
+                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
 

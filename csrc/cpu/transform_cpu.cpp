@@ -2,6 +2,11 @@
 // the widest instructions the CPU has.
 #include "transform.h"
 
+#include <algorithm>
+#include <cstring>
+
+#include "half_cpu.h"
+
 namespace fastdrop::cpu {
 
 #define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                            \
@@ -36,8 +41,263 @@ namespace fastdrop::cpu {
                                                   int64_t count, bool kept,                                       \
                                                   DropoutFactors<scalar_t> factors) {                      \
     add_uniform_loop(out, 1, in, 1, residual, 1, count, kept, factors);                                           \
+  }                                                                                                               \
+  FASTDROP_CPU_CLONES void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,      \
+                                                  int64_t in_row_stride, int64_t row_size, int64_t rows,          \
+                                                  const uint16_t* row_bits, uint32_t compare, bool affine,        \
+                                                  DropoutFactors<scalar_t> factors) {                      \
+    for (int64_t r = 0; r < rows; ++r) {                                                                          \
+      const bool kept = is_kept(row_bits[r], compare);                                                            \
+      if (affine) {                                                                                               \
+        transform_uniform_loop<true>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, row_size, kept,      \
+                                     factors);                                                                    \
+      } else {                                                                                                    \
+        transform_uniform_loop<false>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, row_size, kept,     \
+                                      factors);                                                                   \
+      }                                                                                                           \
+    }                                                                                                             \
+  }                                                                                                               \
+  FASTDROP_CPU_CLONES void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,       \
+                                                 int64_t in_row_stride, int64_t row_size, int64_t rows,           \
+                                                 const uint16_t* bits, uint32_t compare, bool affine,             \
+                                                 DropoutFactors<scalar_t> factors) {                       \
+    for (int64_t r = 0; r < rows; ++r) {                                                                          \
+      if (affine) {                                                                                               \
+        transform_loop<true>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, bits, row_size, compare,     \
+                             factors);                                                                            \
+      } else {                                                                                                    \
+        transform_loop<false>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, bits, row_size, compare,    \
+                              factors);                                                                           \
+      }                                                                                                           \
+    }                                                                                                             \
+  }                                                                                                               \
+  FASTDROP_CPU_CLONES void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,            \
+                                            int64_t in_row_stride, const scalar_t* residual,                      \
+                                            int64_t residual_row_stride, int64_t row_size, int64_t rows,          \
+                                            const uint16_t* row_bits, uint32_t compare,                           \
+                                            DropoutFactors<scalar_t> factors) {                            \
+    for (int64_t r = 0; r < rows; ++r) {                                                                          \
+      add_uniform_loop(out + r * out_row_stride, 1, in + r * in_row_stride, 1, residual + r * residual_row_stride, \
+                       1, row_size, is_kept(row_bits[r], compare), factors);                                      \
+    }                                                                                                             \
   }
-FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS)
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(float)
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(double)
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(c10::BFloat16)
 #undef FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS
+
+// fp16: a chunk at a time through float buffers (half_cpu.h converts by the CPU's instructions), the
+// float loops below in between, and values rounded to fp16 where apply_dropout and add_elements round
+// them. The result is bit for bit that of the element loops.
+namespace {
+
+constexpr int64_t kHalfChunk = 256;
+
+FASTDROP_CPU_CLONES void scale_by_bits(float* x, const uint16_t* bits, int64_t count, uint32_t compare, float mul) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] * (is_kept(bits[i], compare) ? mul : 0.0f);
+}
+
+FASTDROP_CPU_CLONES void add_by_bits(float* x, const uint16_t* bits, int64_t count, uint32_t compare, float keep_add,
+                                     float drop_add) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] + (is_kept(bits[i], compare) ? keep_add : drop_add);
+}
+
+FASTDROP_CPU_CLONES void scale(float* x, int64_t count, float mul) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] * mul;
+}
+
+FASTDROP_CPU_CLONES void add_constant(float* x, int64_t count, float add) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] + add;
+}
+
+FASTDROP_CPU_CLONES void add(float* x, const float* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] + y[i];
+}
+
+void round_to_half(float* x, int64_t count) {
+  c10::Half rounded[kHalfChunk];
+  float_to_half(x, rounded, count);
+  half_to_float(rounded, x, count);
+}
+
+// residual + x (x already rounded), rounded into out.
+void add_residual(float* x, const c10::Half* residual, c10::Half* out, int64_t count) {
+  alignas(64) float r[kHalfChunk];
+  half_to_float(residual, r, count);
+  add(x, r, count);
+  float_to_half(x, out, count);
+}
+
+}  // namespace
+
+void transform_contiguous(c10::Half* out, const c10::Half* in, const uint16_t* bits, int64_t count, uint32_t compare,
+                          bool affine, DropoutFactors<c10::Half> factors) {
+  alignas(64) float x[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    scale_by_bits(x, bits + done, n, compare, factors.keep_mul);
+    if (affine) {
+      round_to_half(x, n);
+      add_by_bits(x, bits + done, n, compare, factors.keep_add, factors.drop_add);
+    }
+    float_to_half(x, out + done, n);
+  }
+}
+
+void transform_uniform_contiguous(c10::Half* out, const c10::Half* in, int64_t count, bool kept, bool affine,
+                                  DropoutFactors<c10::Half> factors) {
+  alignas(64) float x[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    scale(x, n, kept ? factors.keep_mul : 0.0f);
+    if (affine) {
+      round_to_half(x, n);
+      add_constant(x, n, kept ? factors.keep_add : factors.drop_add);
+    }
+    float_to_half(x, out + done, n);
+  }
+}
+
+void add_dropout_contiguous(c10::Half* out, const c10::Half* in, const c10::Half* residual, const c10::Half* bias,
+                            const uint16_t* bits, int64_t count, uint32_t compare, DropoutFactors<c10::Half> factors) {
+  alignas(64) float x[kHalfChunk], b[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    if (bias != nullptr) {
+      half_to_float(bias + done, b, n);
+      add(x, b, n);
+      round_to_half(x, n);
+    }
+    scale_by_bits(x, bits + done, n, compare, factors.keep_mul);
+    round_to_half(x, n);
+    add_residual(x, residual + done, out + done, n);
+  }
+}
+
+void add_uniform_contiguous(c10::Half* out, const c10::Half* in, const c10::Half* residual, int64_t count, bool kept,
+                            DropoutFactors<c10::Half> factors) {
+  if (!kept) {  // the residual itself; the branch is never read
+    std::memmove(out, residual, count * sizeof(c10::Half));
+    return;
+  }
+  alignas(64) float x[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    scale(x, n, factors.keep_mul);
+    round_to_half(x, n);
+    add_residual(x, residual + done, out + done, n);
+  }
+}
+
+// Short rows side by side in memory (a contiguous NCHW tensor's channels, a channels_last tensor's
+// pixels) go a chunk of whole rows at a time, so a row costs no conversion call of its own.
+namespace {
+
+bool adjacent_short_rows(int64_t out_row_stride, int64_t in_row_stride, int64_t row_size) {
+  return out_row_stride == row_size && in_row_stride == row_size && row_size <= kHalfChunk / 2;
+}
+
+FASTDROP_CPU_CLONES void scale_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* row_bits,
+                                    uint32_t compare, float mul) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float row_mul = is_kept(row_bits[r], compare) ? mul : 0.0f;
+    for (int64_t i = 0; i < row_size; ++i) x[r * row_size + i] = x[r * row_size + i] * row_mul;
+  }
+}
+
+FASTDROP_CPU_CLONES void add_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* row_bits,
+                                  uint32_t compare, float keep_add, float drop_add) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float row_add = is_kept(row_bits[r], compare) ? keep_add : drop_add;
+    for (int64_t i = 0; i < row_size; ++i) x[r * row_size + i] = x[r * row_size + i] + row_add;
+  }
+}
+
+FASTDROP_CPU_CLONES void scale_shared_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* bits,
+                                           uint32_t compare, float mul) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * row_size;
+    for (int64_t i = 0; i < row_size; ++i) row[i] = row[i] * (is_kept(bits[i], compare) ? mul : 0.0f);
+  }
+}
+
+FASTDROP_CPU_CLONES void add_shared_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* bits,
+                                         uint32_t compare, float keep_add, float drop_add) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < row_size; ++i) {
+      x[r * row_size + i] = x[r * row_size + i] + (is_kept(bits[i], compare) ? keep_add : drop_add);
+    }
+  }
+}
+
+// Adjacent short rows a chunk of whole rows at a time: scale(x, first_row, rows) multiplies a chunk in
+// float, shift(...) adds the affine part after the product's rounding to fp16.
+template <typename Scale, typename Shift>
+void in_row_chunks(c10::Half* out, const c10::Half* in, int64_t row_size, int64_t rows, bool affine,
+                   const Scale& scale, const Shift& shift) {
+  alignas(64) float x[kHalfChunk];
+  const int64_t rows_per_chunk = kHalfChunk / row_size;
+  for (int64_t r = 0; r < rows; r += rows_per_chunk) {
+    const int64_t n = std::min(rows_per_chunk, rows - r), count = n * row_size;
+    half_to_float(in + r * row_size, x, count);
+    scale(x, r, n);
+    if (affine) {
+      round_to_half(x, count);
+      shift(x, r, n);
+    }
+    float_to_half(x, out + r * row_size, count);
+  }
+}
+
+}  // namespace
+
+void transform_uniform_rows(c10::Half* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
+                            int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine,
+                            DropoutFactors<c10::Half> factors) {
+  if (!adjacent_short_rows(out_row_stride, in_row_stride, row_size)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      transform_uniform_contiguous(out + r * out_row_stride, in + r * in_row_stride, row_size,
+                                   is_kept(row_bits[r], compare), affine, factors);
+    }
+    return;
+  }
+  in_row_chunks(
+      out, in, row_size, rows, affine,
+      [&](float* x, int64_t r, int64_t n) { scale_rows(x, row_size, n, row_bits + r, compare, factors.keep_mul); },
+      [&](float* x, int64_t r, int64_t n) {
+        add_rows(x, row_size, n, row_bits + r, compare, factors.keep_add, factors.drop_add);
+      });
+}
+
+void transform_shared_rows(c10::Half* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
+                           int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,
+                           DropoutFactors<c10::Half> factors) {
+  if (!adjacent_short_rows(out_row_stride, in_row_stride, row_size)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      transform_contiguous(out + r * out_row_stride, in + r * in_row_stride, bits, row_size, compare, affine,
+                           factors);
+    }
+    return;
+  }
+  in_row_chunks(
+      out, in, row_size, rows, affine,
+      [&](float* x, int64_t, int64_t n) { scale_shared_rows(x, row_size, n, bits, compare, factors.keep_mul); },
+      [&](float* x, int64_t, int64_t n) {
+        add_shared_rows(x, row_size, n, bits, compare, factors.keep_add, factors.drop_add);
+      });
+}
+
+void add_uniform_rows(c10::Half* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
+                      const c10::Half* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,
+                      const uint16_t* row_bits, uint32_t compare, DropoutFactors<c10::Half> factors) {
+  for (int64_t r = 0; r < rows; ++r) {
+    add_uniform_contiguous(out + r * out_row_stride, in + r * in_row_stride, residual + r * residual_row_stride,
+                           row_size, is_kept(row_bits[r], compare), factors);
+  }
+}
 
 }  // namespace fastdrop::cpu

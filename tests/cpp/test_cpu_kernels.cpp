@@ -5,9 +5,13 @@
 // index that carries into the counter's high word.
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <cstring>
+#include <random>
 #include <vector>
 
 #include "check.h"
+#include "cpu/half_cpu.h"
 #include "cpu/philox_cpu.h"
 #include "dropout_math.h"
 #include "fastdrop.h"
@@ -35,6 +39,74 @@ int check_bulk_generator() {
         if (!fastdrop::cpu::fill_element_bits_using(isa, seed, column, first, count, actual.data())) continue;
         EXPECT(actual == expected, "%s fill differs from scalar at first=%llu count=%lld", isa,
               static_cast<unsigned long long>(first), static_cast<long long>(count));
+        ++checks;
+      }
+    }
+  }
+  return checks;
+}
+
+uint16_t half_bits(c10::Half value) { return value.x; }
+
+uint32_t float_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+
+// Every fp16 value, and floats at, between and beyond them (ties, overflow, subnormals, NaNs), through
+// each conversion variant against c10's conversions. NaNs need only stay NaNs of their sign.
+int check_half_conversions() {
+  int checks = 0;
+  std::vector<c10::Half> halves(1 << 16);
+  for (uint32_t bits = 0; bits < (1u << 16); ++bits) {
+    halves[bits] = c10::Half(static_cast<uint16_t>(bits), c10::Half::from_bits());
+  }
+  std::vector<float> floats;
+  for (c10::Half h : halves) {
+    const float value = static_cast<float>(h);
+    floats.push_back(value);
+    floats.push_back(std::nextafter(value, INFINITY));
+    floats.push_back(std::nextafter(value, -INFINITY));
+    // Halfway to the next fp16 value up: a tie, rounded to even.
+    const uint16_t next = static_cast<uint16_t>(h.x + 1);
+    const float up = static_cast<float>(c10::Half(next, c10::Half::from_bits()));
+    if (std::isfinite(value) && std::isfinite(up)) floats.push_back(value + (up - value) / 2);
+  }
+  std::mt19937 engine(7);
+  for (int i = 0; i < (1 << 16); ++i) {
+    floats.push_back(std::ldexp(std::uniform_real_distribution<float>(-2.0f, 2.0f)(engine), i % 40 - 30));
+  }
+  floats.push_back(65520.0f);  // the smallest float that rounds to infinity
+  floats.push_back(65519.996f);
+  std::vector<float> widened(halves.size()), expected_float(halves.size());
+  std::vector<c10::Half> narrowed(floats.size()), expected_half(floats.size());
+  fastdrop::cpu::half_to_float_using("scalar", halves.data(), expected_float.data(), halves.size());
+  fastdrop::cpu::float_to_half_using("scalar", floats.data(), expected_half.data(), floats.size());
+  for (const char* isa : {"f16c", "avx512"}) {
+    // Odd lengths exercise the tails.
+    for (int64_t count : {int64_t(halves.size()), int64_t(halves.size()) - 5}) {
+      std::fill(widened.begin(), widened.end(), -1.0f);
+      if (!fastdrop::cpu::half_to_float_using(isa, halves.data(), widened.data(), count)) continue;
+      for (int64_t i = 0; i < count; ++i) {
+        const bool same = std::isnan(expected_float[i])
+                              ? std::isnan(widened[i]) && std::signbit(widened[i]) == std::signbit(expected_float[i])
+                              : float_bits(widened[i]) == float_bits(expected_float[i]);
+        EXPECT(same, "%s: fp16 0x%04x widened to 0x%08x, c10 gives 0x%08x", isa, halves[i].x, float_bits(widened[i]),
+               float_bits(expected_float[i]));
+        ++checks;
+      }
+      EXPECT(count == int64_t(halves.size()) || widened[count] == -1.0f, "%s: wrote past the end", isa);
+    }
+    for (int64_t count : {int64_t(floats.size()), int64_t(floats.size()) - 3}) {
+      if (!fastdrop::cpu::float_to_half_using(isa, floats.data(), narrowed.data(), count)) continue;
+      for (int64_t i = 0; i < count; ++i) {
+        const bool same = std::isnan(floats[i])
+                              ? std::isnan(static_cast<float>(narrowed[i])) &&
+                                    (narrowed[i].x >> 15) == (float_bits(floats[i]) >> 31)
+                              : half_bits(narrowed[i]) == half_bits(expected_half[i]);
+        EXPECT(same, "%s: float 0x%08x narrowed to 0x%04x, c10 gives 0x%04x", isa, float_bits(floats[i]),
+               narrowed[i].x, expected_half[i].x);
         ++checks;
       }
     }
@@ -127,6 +199,7 @@ int check_dtype(at::ScalarType dtype) {
 int main() {
   at::manual_seed(0);
   int checks = check_bulk_generator();
+  checks += check_half_conversions();
   checks += check_dtype<float>(at::kFloat);
   checks += check_dtype<double>(at::kDouble);
   checks += check_dtype<at::Half>(at::kHalf);

@@ -1,0 +1,154 @@
+#include "half_cpu.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTDROP_X86_SIMD 1
+#include <immintrin.h>
+// GCC's _mm512_cvtps_ph passes an undefined vector as the unused source: a false alarm.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace fastdrop::cpu {
+namespace {
+
+void to_float_scalar(const c10::Half* in, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+void to_half_scalar(const float* in, c10::Half* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<c10::Half>(in[i]);
+}
+
+#if FASTDROP_X86_SIMD
+
+// Tails go through a padded copy or a masked access: the same instructions convert every element,
+// whatever its position.
+__attribute__((target("avx2,f16c"))) void to_float_f16c(const c10::Half* in, float* out, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  }
+  if (i < count) {
+    alignas(32) uint16_t halves[8] = {};
+    alignas(32) float floats[8];
+    std::memcpy(halves, in + i, (count - i) * sizeof(c10::Half));
+    _mm256_store_ps(floats, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(halves))));
+    std::memcpy(out + i, floats, (count - i) * sizeof(float));
+  }
+}
+
+__attribute__((target("avx2,f16c"))) void to_half_f16c(const float* in, c10::Half* out, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  if (i < count) {
+    alignas(32) float floats[8] = {};
+    alignas(32) uint16_t halves[8];
+    std::memcpy(floats, in + i, (count - i) * sizeof(float));
+    _mm_store_si128(reinterpret_cast<__m128i*>(halves),
+                    _mm256_cvtps_ph(_mm256_load_ps(floats), _MM_FROUND_TO_NEAREST_INT));
+    std::memcpy(out + i, halves, (count - i) * sizeof(c10::Half));
+  }
+}
+
+__attribute__((target("avx512f"))) void to_float_avx512(const c10::Half* in, float* out, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i))));
+  }
+  if (i < count) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - i)) - 1);
+    alignas(64) uint16_t padded[16] = {};
+    std::memcpy(padded, in + i, (count - i) * sizeof(c10::Half));
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(padded))));
+  }
+}
+
+__attribute__((target("avx512f"))) void to_half_avx512(const float* in, c10::Half* out, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  if (i < count) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - i)) - 1);
+    alignas(64) uint16_t halves[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(halves),
+                       _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mask, in + i), _MM_FROUND_TO_NEAREST_INT));
+    std::memcpy(out + i, halves, (count - i) * sizeof(c10::Half));
+  }
+}
+
+#endif  // FASTDROP_X86_SIMD
+
+struct Conversions {
+  void (*to_float)(const c10::Half*, float*, int64_t);
+  void (*to_half)(const float*, c10::Half*, int64_t);
+  const char* isa;
+};
+
+// The variants this CPU can run, best first.
+int supported(Conversions* variants) {
+  int count = 0;
+#if FASTDROP_X86_SIMD
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) variants[count++] = {to_float_avx512, to_half_avx512, "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
+    variants[count++] = {to_float_f16c, to_half_f16c, "f16c"};
+  }
+#endif
+  variants[count++] = {to_float_scalar, to_half_scalar, "scalar"};
+  return count;
+}
+
+const Conversions* find(const char* isa) {
+  static Conversions variants[3];
+  static const int count = supported(variants);
+  for (int i = 0; i < count; ++i) {
+    if (std::strcmp(variants[i].isa, isa) == 0) return &variants[i];
+  }
+  return nullptr;
+}
+
+const Conversions& chosen() {
+  static const Conversions conversions = [] {
+    Conversions variants[3];
+    const int count = supported(variants);
+    if (const char* requested = std::getenv("FASTDROP_CPU_ISA")) {
+      const char* isa = std::strcmp(requested, "avx2") == 0 ? "f16c" : requested;
+      for (int i = 0; i < count; ++i) {
+        if (std::strcmp(variants[i].isa, isa) == 0) return variants[i];
+      }
+    }
+    return variants[0];
+  }();
+  return conversions;
+}
+
+}  // namespace
+
+void half_to_float(const c10::Half* in, float* out, int64_t count) { chosen().to_float(in, out, count); }
+
+void float_to_half(const float* in, c10::Half* out, int64_t count) { chosen().to_half(in, out, count); }
+
+const char* half_conversion_isa() { return chosen().isa; }
+
+bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count) {
+  const Conversions* variant = find(isa);
+  if (variant == nullptr) return false;
+  variant->to_float(in, out, count);
+  return true;
+}
+
+bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count) {
+  const Conversions* variant = find(isa);
+  if (variant == nullptr) return false;
+  variant->to_half(in, out, count);
+  return true;
+}
+
+}  // namespace fastdrop::cpu

@@ -1,0 +1,29 @@
+// fp16 <-> fp32 for runs of elements by the CPU's conversion instructions
+// (AVX-512F, F16C), chosen at run time; c10's software conversion elsewhere.
+// GCC does not vectorize c10::Half's conversions (nor _Float16's without
+// AVX512-FP16), so the fp16 loops convert a chunk at a time through a float
+// buffer and run the float loop in between.
+#pragma once
+
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+namespace fastdrop::cpu {
+
+// Exact: every fp16 value is a float.
+void half_to_float(const c10::Half* in, float* out, int64_t count);
+
+// Rounded to nearest even, overflow to infinity, as c10 rounds; a NaN stays a NaN of its sign (the
+// instructions keep its payload's top bits, as torch's vectorized fp16 ops do; c10's scalar code does not).
+void float_to_half(const float* in, c10::Half* out, int64_t count);
+
+// Which variant the two use on this machine ("avx512", "f16c" or "scalar"); FASTDROP_CPU_ISA=avx2|scalar
+// caps it as it caps the random-bit generator ("avx2" selects "f16c").
+const char* half_conversion_isa();
+
+// The conversions through one named variant; false if this CPU cannot run it.
+bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count);
+bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count);
+
+}  // namespace fastdrop::cpu
