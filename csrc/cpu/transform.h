@@ -33,6 +33,28 @@ FASTDROP_ALWAYS_INLINE void transform_uniform_loop(scalar_t* out, int64_t out_st
   }
 }
 
+// Rows of row_size contiguous elements, row r at out + r * out_row_stride (and in's): each row one
+// decision (row_bits[r]), or every row the same per-element decisions (bits).
+template <bool kAffine, typename scalar_t>
+FASTDROP_ALWAYS_INLINE void uniform_rows_loop(scalar_t* out, int64_t out_row_stride, const scalar_t* in,
+                                              int64_t in_row_stride, int64_t row_size, int64_t rows,
+                                              const uint16_t* row_bits, uint32_t compare,
+                                              DropoutFactors<scalar_t> factors) {
+  for (int64_t r = 0; r < rows; ++r) {
+    transform_uniform_loop<kAffine>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, row_size,
+                                    is_kept(row_bits[r], compare), factors);
+  }
+}
+
+template <bool kAffine, typename scalar_t>
+FASTDROP_ALWAYS_INLINE void shared_rows_loop(scalar_t* out, int64_t out_row_stride, const scalar_t* in,
+                                             int64_t in_row_stride, int64_t row_size, int64_t rows,
+                                             const uint16_t* bits, uint32_t compare, DropoutFactors<scalar_t> factors) {
+  for (int64_t r = 0; r < rows; ++r) {
+    transform_loop<kAffine>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, bits, row_size, compare, factors);
+  }
+}
+
 // residual + dropout(in [+ bias]), element by element (dropout_add, bias_dropout_add).
 template <bool kBias, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,

@@ -46,29 +46,20 @@ namespace fastdrop::cpu {
                                                   int64_t in_row_stride, int64_t row_size, int64_t rows,          \
                                                   const uint16_t* row_bits, uint32_t compare, bool affine,        \
                                                   DropoutFactors<scalar_t> factors) {                      \
-    for (int64_t r = 0; r < rows; ++r) {                                                                          \
-      const bool kept = is_kept(row_bits[r], compare);                                                            \
-      if (affine) {                                                                                               \
-        transform_uniform_loop<true>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, row_size, kept,      \
-                                     factors);                                                                    \
-      } else {                                                                                                    \
-        transform_uniform_loop<false>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, row_size, kept,     \
-                                      factors);                                                                   \
-      }                                                                                                           \
+    if (affine) {                                                                                                 \
+      uniform_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors); \
+    } else {                                                                                                      \
+      uniform_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors); \
     }                                                                                                             \
   }                                                                                                               \
   FASTDROP_CPU_CLONES void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,       \
                                                  int64_t in_row_stride, int64_t row_size, int64_t rows,           \
                                                  const uint16_t* bits, uint32_t compare, bool affine,             \
                                                  DropoutFactors<scalar_t> factors) {                       \
-    for (int64_t r = 0; r < rows; ++r) {                                                                          \
-      if (affine) {                                                                                               \
-        transform_loop<true>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, bits, row_size, compare,     \
-                             factors);                                                                            \
-      } else {                                                                                                    \
-        transform_loop<false>(out + r * out_row_stride, 1, in + r * in_row_stride, 1, bits, row_size, compare,    \
-                              factors);                                                                           \
-      }                                                                                                           \
+    if (affine) {                                                                                                 \
+      shared_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);     \
+    } else {                                                                                                      \
+      shared_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);    \
     }                                                                                                             \
   }                                                                                                               \
   FASTDROP_CPU_CLONES void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,            \
