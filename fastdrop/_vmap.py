@@ -30,6 +30,7 @@ from torch._C._functorch import _add_batch_dim, _unwrap_batched, is_batchedtenso
 from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import _checks
+from ._decisions import VARIANTS, _drop_path, check_samples, full_arguments, span
 
 ops = torch.ops.fastdrop
 
@@ -60,79 +61,6 @@ class Level:
 
     def different(self):
         return self.randomness == "different"
-
-
-# Decision strides of one slice (its logical shape): what each operator decides per.
-
-
-def row_major(shape):
-    strides, stride = [0] * len(shape), 1
-    for d in range(len(shape) - 1, -1, -1):
-        strides[d] = stride
-        stride *= shape[d]
-    return strides
-
-
-def leading(shape, dims):
-    """One decision per index of the first `dims` dims (row-major), the rest sharing it."""
-    return row_major(shape[:dims]) + [0] * (len(shape) - dims)
-
-
-def span(shape, strides):
-    """How many decision indices a slice spans: the next slice starts there."""
-    if any(size == 0 for size in shape):
-        return 1
-    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-
-
-def check_feature(shape):
-    if len(shape) < 2:
-        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-
-
-def check_samples(shape, per_sample=True):
-    if per_sample and len(shape) == 0:
-        raise RuntimeError("fastdrop.drop_path: per-sample drop path needs a batch dim, but got a 0-D tensor")
-
-
-# Each variant operator: (indexed_dropout's variant name, slice strides) from its
-# slice shape and arguments after p. The backward operators take the same arguments.
-
-
-def _elementwise(variant):
-    return lambda shape, *_: (variant, row_major(shape), 0)
-
-
-def _channelwise(variant):
-    def decide(shape, *_):
-        check_feature(shape)
-        return variant, leading(shape, 2), 0
-
-    return decide
-
-
-def _drop_path(shape, scale_by_keep=True, per_sample=True, *_):
-    check_samples(shape, per_sample)
-    return ("feature_dropout" if scale_by_keep else "unscaled"), leading(shape, 1 if per_sample else 0), 0
-
-
-def _indexed(shape, variant, index_strides, index_base=0, *_):
-    if len(index_strides) != len(shape):
-        raise RuntimeError(
-            f"fastdrop.indexed_dropout: index_strides must have one stride per dim of the input ({len(shape)}), "
-            f"but got {len(index_strides)}"
-        )
-    return variant, list(index_strides), index_base
-
-
-VARIANTS = {
-    "dropout": _elementwise("dropout"),
-    "alpha_dropout": _elementwise("alpha_dropout"),
-    "feature_dropout": _channelwise("feature_dropout"),
-    "feature_alpha_dropout": _channelwise("alpha_dropout"),
-    "drop_path": _drop_path,
-    "indexed_dropout": _indexed,
-}
 
 
 def batch_first(level, tensor, bdim):
@@ -280,14 +208,6 @@ RULES = {
 }
 
 
-def _full_arguments(schema, args, kwargs):
-    """Every argument in schema order: the dispatcher leaves out trailing defaults."""
-    values = list(args)
-    for argument in schema.arguments[len(args):]:
-        values.append(kwargs[argument.name] if argument.name in kwargs else argument.default_value)
-    return values
-
-
 def _kernel(name, rule):
     op = getattr(ops, name).default
     random = not name.endswith("_backward")
@@ -296,7 +216,7 @@ def _kernel(name, rule):
         interpreter = retrieve_current_functorch_interpreter()
         level, level_id = Level(interpreter), interpreter.level()
         values, bdims = [], []
-        for value in _full_arguments(op._schema, args, kwargs):
+        for value in full_arguments(op._schema, args, kwargs):
             if isinstance(value, torch.Tensor):
                 value, bdim = _unwrap_batched(value, level_id)
                 bdims.append(bdim)

@@ -7,6 +7,7 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import _C, _checks
+from . import distributed as _distributed
 from ._ops import ops
 
 __all__ = [
@@ -53,6 +54,20 @@ _VARIANT_INDEX = {"dropout": 0, "alpha_dropout": 1, "feature_dropout": 2, "featu
 _is_compiling = torch.compiler.is_compiling
 
 
+_Tensor = torch.Tensor
+
+
+def _in_batch_slice(input):
+    """Whether input is a plain tensor inside fastdrop.distributed.batch_slice (or
+    data_parallel): it then takes the decisions of its rows in the global batch.
+    A DTensor knows where it sits by itself (fastdrop.distributed's handlers).
+    Callers test `type(input) is not _Tensor or _distributed._batch is not None`
+    first: a plain tensor outside a batch slice pays two comparisons."""
+    if type(input) is not _Tensor and _distributed.is_dtensor(input):
+        return False
+    return _distributed._batch is not None
+
+
 def _run(name, function, input, p, training, inplace, generator):
     """Variant `name` of input; `function` is the name torch's errors give it."""
     p = _checks.probability(p, function)
@@ -61,6 +76,8 @@ def _run(name, function, input, p, training, inplace, generator):
         return input if not training or p == 0.0 else _nested(name, input, p, inplace, generator)
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    if (type(input) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(input):
+        return _distributed.sliced(name, input, p, (), generator, inplace)
     if not _is_compiling():  # the direct call (see csrc/python_module.cpp); compiled code traces torch.ops
         result = _C.variant(_VARIANT_INDEX[name], input, p, generator, inplace)
         if result is not NotImplemented:
@@ -213,6 +230,8 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator
 
 
 def _drop_path(x, p, scale_by_keep, per_sample, generator):
+    if (type(x) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(x):
+        return _distributed.sliced("drop_path", x, p, (scale_by_keep, per_sample), generator)
     if not _is_compiling():
         result = _C.drop_path(x, p, scale_by_keep, per_sample, generator)
         if result is not NotImplemented:
@@ -253,6 +272,8 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
     _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
     if not training or drop_prob == 0.0:
         return residual + branch
+    if (type(branch) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(branch):
+        return _distributed.sliced_drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)
     if not _is_compiling():
         result = _C.drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)
         if result is not NotImplemented:
@@ -269,6 +290,8 @@ def dropout_add(residual, x, p, training=True, *, generator=None):
     _checks.same_operands(residual, "residual", x, "input", "dropout_add")
     if not training or p == 0.0:
         return residual + x
+    if (type(x) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(x):
+        return residual + _distributed.sliced("dropout", x, p, (), generator)
     if not _is_compiling():
         result = _C.dropout_add(residual, x, p, generator)
         if result is not NotImplemented:
@@ -291,6 +314,8 @@ def bias_dropout_add(x, bias, residual, p, training=True, *, generator=None):
     _checks.bias_operand(x, bias, "bias_dropout_add")
     if not training or p == 0.0:
         return residual + (x + bias)
+    if (type(x) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(x):
+        return residual + _distributed.sliced("dropout", x + bias, p, (), generator)
     if not _is_compiling():
         result = _C.bias_dropout_add(x, bias, residual, p, generator)
         if result is not NotImplemented:
@@ -312,4 +337,7 @@ def dropout_with_seed(input, p, seed, offset=0):
     rng_state = torch.tensor(
         [_checks.unsigned_64(seed, "seed"), _checks.unsigned_64(offset, "offset")], dtype=torch.int64, device=input.device
     )
+    if (type(input) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(input):
+        indices = _distributed.sliced_indices("dropout", input.shape, ())
+        return ops.indexed_dropout_backward(input, rng_state, p, *indices)
     return ops.dropout_backward(input, rng_state, p)

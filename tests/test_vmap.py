@@ -76,6 +76,10 @@ RANDOM_OPS = {
 @pytest.mark.parametrize("batched_input", ["first", "last", "none"])
 @pytest.mark.parametrize("name", RANDOM_OPS)
 def test_torch_randomness_semantics(device, name, randomness, batched_input):
+    # Seeded: a channel variant's slice has 9 decisions, so two of the 4 slices of a
+    # correct "different" call coincide with probability 6 * 2^-9 (1.2%); unseeded,
+    # the suite's 9 such cases would fail one run in ten.
+    torch.manual_seed(20261129)
     dims = 3 if name in ("dropout3d", "feature_alpha_dropout") else 2
 
     def op(t, ignored):
