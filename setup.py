@@ -50,9 +50,7 @@ def extension():
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
     if not build_with_cuda():
-        return CppExtension(
-            "fastdrop._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
-        )
+        return CppExtension("fastdrop._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     nvcc_flags = ["-O3", "-lineinfo"]
     if os.environ.get("FASTDROP_PTXAS_VERBOSE") == "1":

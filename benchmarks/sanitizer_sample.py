@@ -39,8 +39,9 @@ def main():
                 calls["drop_path"] = lambda: ops.drop_path(x, 0.3)
                 calls["drop_path_batch"] = lambda: ops.drop_path(x, 0.3, True, False)
                 calls["drop_path_add"] = lambda: ops.drop_path_add(x, x.clone(), 0.3)
-                calls["bias_dropout_add"] = lambda: ops.bias_dropout_add(x, torch.randn(x.shape[-1], dtype=dtype,
-                                                                                       device=device), x, 0.3)
+                calls["bias_dropout_add"] = lambda: ops.bias_dropout_add(
+                    x, torch.randn(x.shape[-1], dtype=dtype, device=device), x, 0.3
+                )
             calls["dropout_add"] = lambda: ops.dropout_add(x, x.clone(), 0.3)
             for name, call in calls.items():
                 result = call()

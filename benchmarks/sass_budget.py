@@ -139,7 +139,13 @@ def describe(demangled):
         streams = operands - 1
     else:
         streams = 2
-    kind = "strided" if "strided" in kernel else "contiguous" if kernel.startswith(("elementwise", "add_dropout")) else "dense"
+    kind = (
+        "strided"
+        if "strided" in kernel
+        else "contiguous"
+        if kernel.startswith(("elementwise", "add_dropout"))
+        else "dense"
+    )
     return kernel, SHORT[scalar], kind, streams * SCALARS[scalar]
 
 
@@ -219,7 +225,10 @@ def compile_kernels(csrc, nvcc, arch, workdir):
     from torch.utils import cpp_extension
 
     flags = [
-        "-std=c++20", "-O3", "--expt-relaxed-constexpr", "-DFASTDROP_WITH_CUDA",
+        "-std=c++20",
+        "-O3",
+        "--expt-relaxed-constexpr",
+        "-DFASTDROP_WITH_CUDA",
         *cpp_extension.COMMON_NVCC_FLAGS,
         *[f"-I{path}" for path in cpp_extension.include_paths(device_type="cuda")],
     ]
@@ -228,10 +237,20 @@ def compile_kernels(csrc, nvcc, arch, workdir):
     for source in sorted(Path(csrc, "cuda").glob("*.cu")):
         cubin = Path(workdir, source.stem + ".hot.cubin")
         ptx = Path(workdir, source.stem + ".ptx")
-        jobs.append(subprocess.Popen([nvcc, *flags, "-DFASTDROP_SASS_HOT_PATH", f"-arch={arch}", "-cubin", str(source),
-                                      "-o", str(cubin)], stderr=subprocess.PIPE, text=True))
-        jobs.append(subprocess.Popen([nvcc, *flags, f"-arch={virtual}", "-ptx", str(source), "-o", str(ptx)],
-                                     stderr=subprocess.PIPE, text=True))
+        jobs.append(
+            subprocess.Popen(
+                [nvcc, *flags, "-DFASTDROP_SASS_HOT_PATH", f"-arch={arch}", "-cubin", str(source), "-o", str(cubin)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        jobs.append(
+            subprocess.Popen(
+                [nvcc, *flags, f"-arch={virtual}", "-ptx", str(source), "-o", str(ptx)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         outputs["cubins"].append(cubin)
         outputs["ptx"].append(ptx)
     for job in jobs:
@@ -274,7 +293,9 @@ def main(argv=None):
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--markdown")
     parser.add_argument("--json")
-    parser.add_argument("--check", action="store_true", help="exit non-zero if a kernel misses its target or the PTX a rule")
+    parser.add_argument(
+        "--check", action="store_true", help="exit non-zero if a kernel misses its target or the PTX a rule"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         built = compile_kernels(args.csrc, args.nvcc, args.arch, workdir)
@@ -286,17 +307,30 @@ def main(argv=None):
     if args.markdown:
         Path(args.markdown).write_text(table)
     if args.json:
-        rows = [dict(asdict(k), per_element=k.per_element, budget_h100=k.budget("H100"), budget_h200=k.budget("H200"),
-                     target=k.target, within_target=k.within_target) for k in kernels]
+        rows = [
+            dict(
+                asdict(k),
+                per_element=k.per_element,
+                budget_h100=k.budget("H100"),
+                budget_h200=k.budget("H200"),
+                target=k.target,
+                within_target=k.within_target,
+            )
+            for k in kernels
+        ]
         Path(args.json).write_text(json.dumps({"arch": args.arch, "kernels": rows, "ptx_problems": problems}, indent=1))
     over = [k for k in kernels if not k.within_target]
     worst = max(kernels, key=lambda k: k.per_element / k.target)
-    print(f"{len(kernels)} kernels ({args.arch}): {len(kernels) - len(over)} within target; tightest "
-          f"{worst.kernel} {worst.dtype} at {worst.per_element:.1f} of {worst.target:.1f} instructions per element")
+    print(
+        f"{len(kernels)} kernels ({args.arch}): {len(kernels) - len(over)} within target; tightest "
+        f"{worst.kernel} {worst.dtype} at {worst.per_element:.1f} of {worst.target:.1f} instructions per element"
+    )
     for k in over:
         print(f"  OVER: {k.name}: {k.per_element:.1f} > {k.target:.1f}" + (" (nested loop)" if k.nested_loops else ""))
-    print(f"PTX rules (no fma, .rn float arithmetic, 16-byte accesses, no local memory): {len(problems)} problems"
-          + "".join(f"\n  {p}" for p in problems))
+    print(
+        f"PTX rules (no fma, .rn float arithmetic, 16-byte accesses, no local memory): {len(problems)} problems"
+        + "".join(f"\n  {p}" for p in problems)
+    )
     if args.check and (over or problems):
         sys.exit(1)
 

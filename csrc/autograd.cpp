@@ -58,8 +58,8 @@ constexpr FamilyNames kFamilyNames[] = {
      "FastdropAlphaDropoutBackward"},
     {"fastdrop::feature_dropout", "fastdrop::feature_dropout_", "fastdrop::feature_dropout_backward",
      "FastdropFeatureDropoutBackward"},
-    {"fastdrop::feature_alpha_dropout", "fastdrop::feature_alpha_dropout_",
-     "fastdrop::feature_alpha_dropout_backward", "FastdropFeatureAlphaDropoutBackward"},
+    {"fastdrop::feature_alpha_dropout", "fastdrop::feature_alpha_dropout_", "fastdrop::feature_alpha_dropout_backward",
+     "FastdropFeatureAlphaDropoutBackward"},
     {"fastdrop::drop_path", nullptr, "fastdrop::drop_path_backward", "FastdropDropPathBackward"},
     {"fastdrop::indexed_dropout", "fastdrop::indexed_dropout_", "fastdrop::indexed_dropout_backward",
      "FastdropIndexedDropoutBackward"},
@@ -83,8 +83,7 @@ struct Mask {
       return indexed_backward.call(tensor, rng_state, p, variant, index_strides, index_base);
     }
     if (family == Family::kDropPath) {
-      static const auto drop_path_backward =
-          operator_handle<DropPathBackwardSignature>("fastdrop::drop_path_backward");
+      static const auto drop_path_backward = operator_handle<DropPathBackwardSignature>("fastdrop::drop_path_backward");
       return drop_path_backward.call(tensor, rng_state, p, scale_by_keep, per_sample);
     }
     static const c10::TypedOperatorHandle<BackwardSignature> backwards[] = {
@@ -153,8 +152,7 @@ struct MaskBackward : Node {
 
 // Records the history of output = forward(operands) whose mask rng_state
 // holds, for backward and for forward-mode AD.
-void record(const Tensor& output, const Tensor& rng_state, const Mask& mask,
-            std::initializer_list<Operand> operands) {
+void record(const Tensor& output, const Tensor& rng_state, const Mask& mask, std::initializer_list<Operand> operands) {
   bool requires_grad = false;
   bool has_tangent = false;
   for (const Operand& operand : operands) {
@@ -264,9 +262,8 @@ Tensor bump_version(Tensor& self, const Run& run) {
 template <Family kFamily>
 Tensor inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, std::optional<at::Generator> generator) {
   static const auto op = operator_handle<InplaceSignature>(names_of(kFamily).inplace);
-  return bump_version(self, [&] {
-    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, std::move(generator));
-  });
+  return bump_version(
+      self, [&] { return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, std::move(generator)); });
 }
 
 std::tuple<Tensor, Tensor> drop_path_autograd(c10::DispatchKeySet keys, const Tensor& input, double p,
@@ -295,7 +292,8 @@ Tensor drop_path_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad,
 std::tuple<Tensor, Tensor> drop_path_add_autograd(c10::DispatchKeySet keys, const Tensor& residual,
                                                   const Tensor& branch, double p, bool scale_by_keep,
                                                   std::optional<at::Generator> generator) {
-  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double, bool, std::optional<at::Generator>);
+  using Signature =
+      std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double, bool, std::optional<at::Generator>);
   static const auto op = operator_handle<Signature>("fastdrop::drop_path_add");
   auto [output, rng_state] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -306,9 +304,8 @@ std::tuple<Tensor, Tensor> drop_path_add_autograd(c10::DispatchKeySet keys, cons
   return {output, rng_state};
 }
 
-std::tuple<Tensor, Tensor> dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& residual,
-                                                const Tensor& input, double p,
-                                                std::optional<at::Generator> generator) {
+std::tuple<Tensor, Tensor> dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& residual, const Tensor& input,
+                                                double p, std::optional<at::Generator> generator) {
   using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double, std::optional<at::Generator>);
   static const auto op = operator_handle<Signature>("fastdrop::dropout_add");
   auto [output, rng_state] = [&] {
@@ -319,11 +316,11 @@ std::tuple<Tensor, Tensor> dropout_add_autograd(c10::DispatchKeySet keys, const 
   return {output, rng_state};
 }
 
-std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& input,
-                                                     const Tensor& bias, const Tensor& residual, double p,
+std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, const Tensor& input, const Tensor& bias,
+                                                     const Tensor& residual, double p,
                                                      std::optional<at::Generator> generator) {
-  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, double,
-                                               std::optional<at::Generator>);
+  using Signature =
+      std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, double, std::optional<at::Generator>);
   static const auto op = operator_handle<Signature>("fastdrop::bias_dropout_add");
   auto [output, rng_state] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -367,8 +364,8 @@ Tensor indexed_dropout_inplace_autograd(c10::DispatchKeySet keys, Tensor& self, 
 }
 
 Tensor indexed_dropout_inplace_version_bump(c10::DispatchKeySet keys, Tensor& self, double p, c10::string_view variant,
-                                           c10::SymIntArrayRef index_strides, c10::SymInt index_base,
-                                           std::optional<at::Generator> generator) {
+                                            c10::SymIntArrayRef index_strides, c10::SymInt index_base,
+                                            std::optional<at::Generator> generator) {
   static const auto op = operator_handle<IndexedInplaceSignature>(names_of(Family::kIndexed).inplace);
   return bump_version(self, [&] {
     return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, p, variant, index_strides, index_base,

@@ -23,8 +23,8 @@ inline void check_floating_input(const at::Tensor& input, const char* op) {
 }
 
 inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like, const char* op) {
-  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.dim() == 1 && rng_state.sym_numel() == 2, "fastdrop.", op,
-              ": rng_state must be the 2-element int64 tensor (seed, offset) a fastdrop forward returned, but got ",
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.dim() == 1 && rng_state.sym_numel() == 2, "fastdrop.",
+              op, ": rng_state must be the 2-element int64 tensor (seed, offset) a fastdrop forward returned, but got ",
               rng_state.scalar_type(), " of shape ", rng_state.sizes());
   TORCH_CHECK(rng_state.device() == like.device(), "fastdrop.", op, ": rng_state is on ", rng_state.device(),
               " but the tensor it applies to is on ", like.device());

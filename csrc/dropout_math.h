@@ -73,21 +73,22 @@ FASTDROP_HOST_DEVICE scalar_t add_elements(scalar_t a, scalar_t b) {
   return static_cast<scalar_t>(add_rounded(static_cast<opmath_t>(a), static_cast<opmath_t>(b)));
 }
 
-// The variants, as the host chooses their constants.
+// The variants, named by what they compute (their constants: dropout_factors).
+// Which operator uses which: dropout kScaleOpMath; feature dropout and drop
+// path kScaleRounded (drop path without scale_by_keep kUnscaled); alpha and
+// feature alpha dropout kAlphaAffine forward and kAlphaScale backward.
 enum class Variant {
-  kDropout,                  // kept * 1 / (1 - p), in op-math precision (torch's fused kernel)
-  kFeatureDropout,           // kept * (1 / (1 - p) rounded to the element type) (torch's noise tensor)
-  kAlphaDropout,             // the SELU-preserving affine of torch's alpha dropouts
-  kAlphaDropoutGradient,     // grad * (kept ? a : 0), a rounded as in the forward
-  kUnscaled,                 // kept * 1 (drop path with scale_by_keep=False)
+  kScaleOpMath,   // kept * 1 / (1 - p), the scale in op-math precision (torch's fused kernel)
+  kScaleRounded,  // kept * (1 / (1 - p) rounded to the element type) (torch's noise tensor)
+  kAlphaAffine,   // the SELU-preserving affine of torch's alpha dropouts: a * x + b
+  kAlphaScale,    // alpha dropout's linear part: grad * (kept ? a : 0), a rounded as in the forward
+  kUnscaled,      // kept * 1 (drop path with scale_by_keep=False)
 };
 
 constexpr double kSeluAlpha = 1.7580993408473766;  // torch's alpha (SELU's -scale * alpha)
 
 // Whether the variant adds a constant; p == 1 degenerates to x * 0 in torch.
-inline bool is_affine(Variant variant, double p) {
-  return variant == Variant::kAlphaDropout && p < 1.0;
-}
+inline bool is_affine(Variant variant, double p) { return variant == Variant::kAlphaAffine && p < 1.0; }
 
 template <typename scalar_t>
 DropoutFactors<scalar_t> dropout_factors(Variant variant, double p) {
@@ -97,25 +98,25 @@ DropoutFactors<scalar_t> dropout_factors(Variant variant, double p) {
   DropoutFactors<scalar_t> factors{opmath_t(0), opmath_t(0), opmath_t(0)};
   if (p >= 1.0) return factors;  // everything dropped; x * 0 as torch gives
   switch (variant) {
-    case Variant::kDropout:
+    case Variant::kScaleOpMath:
       factors.keep_mul = static_cast<opmath_t>(1.0 / (1.0 - p));
       break;
-    case Variant::kFeatureDropout:
+    case Variant::kScaleRounded:
       // torch (and timm, torchvision): noise = bernoulli(1 - p).div_(1 - p) in the input's dtype.
       factors.keep_mul = rounded(opmath_t(1) / static_cast<opmath_t>(1.0 - p));
       break;
     case Variant::kUnscaled:
       factors.keep_mul = opmath_t(1);
       break;
-    case Variant::kAlphaDropout:
-    case Variant::kAlphaDropoutGradient: {
+    case Variant::kAlphaAffine:
+    case Variant::kAlphaScale: {
       // torch: a = 1 / sqrt((alpha^2 p + 1)(1 - p)); noise = bernoulli(1 - p) * a;
       // b = (bernoulli - 1) * (alpha a) + alpha a p, all in the input's dtype.
       const double a = 1.0 / std::sqrt((kSeluAlpha * kSeluAlpha * p + 1.0) * (1.0 - p));
       const opmath_t alpha_a = static_cast<opmath_t>(kSeluAlpha * a);
       const opmath_t alpha_a_p = static_cast<opmath_t>(kSeluAlpha * a * p);
       factors.keep_mul = rounded(static_cast<opmath_t>(a));
-      if (variant == Variant::kAlphaDropout) {
+      if (variant == Variant::kAlphaAffine) {
         factors.keep_add = rounded(alpha_a_p);
         factors.drop_add = rounded(rounded(-alpha_a) + alpha_a_p);
       }

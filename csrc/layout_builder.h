@@ -109,7 +109,7 @@ inline DecisionIndex leading_dims_index(at::IntArrayRef sizes, int64_t group_dim
 // last operand whose strides are the index's.
 template <int kOperands>
 std::optional<StridedLayout<kOperands>> grouped_layout(const std::array<at::Tensor, kOperands - 1>& tensors,
-                                                        const DecisionIndex& index) {
+                                                       const DecisionIndex& index) {
   const at::Tensor& output = tensors[0];
   const std::vector<int64_t> order = memory_order(output);
   std::array<std::vector<int64_t>, kOperands> strides;
@@ -153,8 +153,7 @@ void for_each_layout_slice(const std::array<at::Tensor, kTensors>& tensors, cons
 // its index range), on fresh contiguous copies, copying the result back into
 // the output. Fresh copies are aligned, so every kernel takes them.
 template <size_t kTensors, typename MakeLayout, typename Kernel>
-void with_layout(const std::array<at::Tensor, kTensors>& tensors, const MakeLayout& make_layout,
-                 const Kernel& kernel) {
+void with_layout(const std::array<at::Tensor, kTensors>& tensors, const MakeLayout& make_layout, const Kernel& kernel) {
   if (const auto layout = make_layout(tensors)) {
     kernel(*layout, tensors);
     return;

@@ -4,42 +4,42 @@
 // what the real call raises; a backward whose rng_state is on another device
 // than its gradient lands here and is refused like any device mismatch.
 #include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
 
-#include "entry_points.h"
+#include "decisions.h"
+#include "checks.h"
+#include "op_shape.h"
 
 namespace fastdrop::meta {
 namespace {
 
-struct NoKernel {};
+// No kernel runs: NoKernel(...) does nothing.
+struct NoKernel {
+  template <typename... Arguments>
+  void operator()(const Arguments&...) const {}
+};
 
 NoKernel elementwise_kernel(Variant, double) { return {}; }
 NoKernel add_dropout_kernel(const at::Tensor&, const at::Tensor&, double) { return {}; }
 NoKernel grouped_kernel(Variant, double, int64_t) { return {}; }
 NoKernel drop_path_add_kernel(const at::Tensor&, Variant, double) { return {}; }
 
-at::Tensor rng_state_like(const at::Tensor& tensor) { return at::empty({2}, tensor.options().dtype(at::kLong)); }
+// Meta's side of the operators' shape (op_shape.h): nothing drawn, nothing run;
+// rng_state is an uninitialized tensor of its shape.
+struct Device {
+  struct Guard {
+    explicit Guard(const at::Tensor&) {}
+  };
+  static bool skips_kernel(const at::Tensor&, bool) { return true; }  // sizes may be symbolic
 
-std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& input, double p,
-                                              const std::optional<at::Generator>&, NoKernel,
-                                              const at::Tensor& like = at::Tensor()) {
-  check_floating_input(input, op);
-  check_probability(p);
-  return {at::empty_like(like.defined() ? like : input), rng_state_like(input)};
-}
-
-at::Tensor inplace_op(const char* op, at::Tensor& input, double p, const std::optional<at::Generator>&, NoKernel) {
-  check_floating_input(input, op);
-  check_probability(p);
-  if (!input.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) at::assert_no_internal_overlap(input);
-  return rng_state_like(input);
-}
-
-at::Tensor backward_op(const char* op, const at::Tensor& grad, const at::Tensor& rng_state, double p, NoKernel) {
-  check_floating_input(grad, op);
-  check_probability(p);
-  check_rng_state(rng_state, grad, op);
-  return at::empty_like(grad);
-}
+  static std::pair<NoKernel, at::Tensor> draw(const at::Tensor& input, const std::optional<at::Generator>&) {
+    return {NoKernel{}, at::empty({2}, input.options().dtype(at::kLong))};
+  }
+  static NoKernel recorded(const at::Tensor&) { return {}; }
+  static void check_no_overlap(const at::Tensor& input) {
+    if (!input.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) at::assert_no_internal_overlap(input);
+  }
+};
 
 // indexed_dropout's checks where the sizes, strides and base are known; symbolic ones are left to the real call.
 void check_decision_index(const at::Tensor& input, c10::SymIntArrayRef strides, const c10::SymInt& base,
@@ -56,22 +56,22 @@ void check_decision_index(const at::Tensor& input, c10::SymIntArrayRef strides, 
 
 }  // namespace
 
-FASTDROP_ELEMENTWISE_ENTRY_POINTS
-FASTDROP_GROUPED_ENTRY_POINTS
+#include "entry_points/elementwise.inc"
+#include "entry_points/grouped.inc"
 
 std::tuple<at::Tensor, at::Tensor> indexed_dropout(const at::Tensor& input, double p, c10::string_view variant,
                                                    c10::SymIntArrayRef index_strides, c10::SymInt index_base,
                                                    std::optional<at::Generator> generator) {
   indexed_variant(variant, false);
   check_decision_index(input, index_strides, index_base, "indexed_dropout");
-  return forward_op("indexed_dropout", input, p, generator, NoKernel{});
+  return forward_op<Device>("indexed_dropout", input, p, generator, NoKernel{});
 }
 
 at::Tensor indexed_dropout_(at::Tensor& input, double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
                             c10::SymInt index_base, std::optional<at::Generator> generator) {
   indexed_variant(variant, false);
   check_decision_index(input, index_strides, index_base, "indexed_dropout_");
-  return inplace_op("indexed_dropout_", input, p, generator, NoKernel{});
+  return inplace_op<Device>("indexed_dropout_", input, p, generator, NoKernel{});
 }
 
 at::Tensor indexed_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p,
@@ -79,7 +79,15 @@ at::Tensor indexed_dropout_backward(const at::Tensor& grad, const at::Tensor& rn
                                     c10::SymInt index_base) {
   indexed_variant(variant, true);
   check_decision_index(grad, index_strides, index_base, "indexed_dropout_backward");
-  return backward_op("indexed_dropout_backward", grad, rng_state, p, NoKernel{});
+  return backward_op<Device>("indexed_dropout_backward", grad, rng_state, p, NoKernel{});
 }
 
 }  // namespace fastdrop::meta
+
+TORCH_LIBRARY_IMPL(fastdrop, Meta, m) {
+  fastdrop::meta::register_elementwise_kernels(m);
+  fastdrop::meta::register_grouped_kernels(m);
+  m.impl("indexed_dropout", &fastdrop::meta::indexed_dropout);
+  m.impl("indexed_dropout_", &fastdrop::meta::indexed_dropout_);
+  m.impl("indexed_dropout_backward", &fastdrop::meta::indexed_dropout_backward);
+}

@@ -189,7 +189,8 @@ FASTDROP_HOST_DEVICE uint32_t compare_bits(const DropThreshold& threshold) {
 FASTDROP_HOST_DEVICE bool is_kept(uint32_t resolved_bits, uint32_t compare) { return resolved_bits >= compare; }
 
 // The single-decision form of the contract: what every kernel must agree with.
-FASTDROP_HOST_DEVICE bool keeps_element(uint64_t seed, uint64_t offset, uint64_t index, const DropThreshold& threshold) {
+FASTDROP_HOST_DEVICE bool keeps_element(uint64_t seed, uint64_t offset, uint64_t index,
+                                        const DropThreshold& threshold) {
   const PhiloxBlock block = contract_block(seed, offset, index / kElementsPerBlock);
   return keeps(element_bits(block, static_cast<int>(index % kElementsPerBlock)), threshold, seed, offset, index);
 }

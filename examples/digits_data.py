@@ -26,8 +26,10 @@ def load_digits_split(size=8, seed=0):
 def accuracy(model, images, labels, batch=512):
     model.eval()
     with torch.no_grad():
-        correct = sum((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
-                      for i in range(0, len(labels), batch))
+        correct = sum(
+            (model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
+            for i in range(0, len(labels), batch)
+        )
     return correct / len(labels)
 
 

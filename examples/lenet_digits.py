@@ -13,10 +13,10 @@ upsampled from 8x8 to LeNet's 32x32.
 import argparse
 
 import torch
+from digits_data import load_digits_split, mean_std, mean_std_text, train
 from torch import nn
 
 import fastdrop
-from digits_data import load_digits_split, mean_std, mean_std_text, train
 
 CONFIGURATIONS = {
     "none": (False, False),
@@ -34,11 +34,21 @@ def lenet5(fc_dropout, conv_dropout):
         return [nn.Dropout(0.5)] if fc_dropout else []
 
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.Tanh(), *channel_dropout(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Tanh(), *channel_dropout(), nn.AvgPool2d(2),
+        nn.Conv2d(1, 6, 5),
+        nn.Tanh(),
+        *channel_dropout(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.Tanh(),
+        *channel_dropout(),
+        nn.AvgPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Tanh(), *dropout(),
-        nn.Linear(120, 84), nn.Tanh(), *dropout(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Tanh(),
+        *dropout(),
+        nn.Linear(120, 84),
+        nn.Tanh(),
+        *dropout(),
         nn.Linear(84, 10),
     )
 
@@ -49,8 +59,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     data = load_digits_split(size=32)
-    print(f"LeNet-5 on scikit-learn digits ({len(data[1])} train / {len(data[3])} test), "
-          f"{args.epochs} epochs, seeds 0..{args.seeds - 1}; accuracy mean +- std over seeds\n")
+    print(
+        f"LeNet-5 on scikit-learn digits ({len(data[1])} train / {len(data[3])} test), "
+        f"{args.epochs} epochs, seeds 0..{args.seeds - 1}; accuracy mean +- std over seeds\n"
+    )
     print("| dropout | implementation | train accuracy | test accuracy | epoch seconds |")
     print("|---|---|---|---|---|")
     results = {}
@@ -66,8 +78,10 @@ def main(argv=None):
                 runs.append(train(model, optimizer, data, args.epochs, seed))
             train_acc, test_acc, seconds = ([run[i] for run in runs] for i in range(3))
             results[(name, implementation)] = mean_std(test_acc)[0]
-            print(f"| {name} | {implementation} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
-                  f"{mean_std(seconds)[0]:.3f} |")
+            print(
+                f"| {name} | {implementation} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
+                f"{mean_std(seconds)[0]:.3f} |"
+            )
     return results
 
 

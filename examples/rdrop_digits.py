@@ -12,17 +12,21 @@ compare the train/test gap and the test accuracy.
 import argparse
 
 import torch
+from digits_data import cross_entropy, load_digits_split, mean_std, mean_std_text, train
 from torch import nn
 
 import fastdrop
-from digits_data import cross_entropy, load_digits_split, mean_std, mean_std_text, train
 
 
 def mlp():
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(64, 512), nn.ReLU(), fastdrop.nn.Dropout(0.3),
-        nn.Linear(512, 512), nn.ReLU(), fastdrop.nn.Dropout(0.3),
+        nn.Linear(64, 512),
+        nn.ReLU(),
+        fastdrop.nn.Dropout(0.3),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        fastdrop.nn.Dropout(0.3),
         nn.Linear(512, 10),
     )
 
@@ -53,8 +57,10 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0)
     args = parser.parse_args(argv)
     data = load_digits_split()
-    print(f"MLP with fastdrop.nn.Dropout(0.3) on 300 digits, {args.epochs} epochs, "
-          f"seeds 0..{args.seeds - 1}; mean +- std over seeds\n")
+    print(
+        f"MLP with fastdrop.nn.Dropout(0.3) on 300 digits, {args.epochs} epochs, "
+        f"seeds 0..{args.seeds - 1}; mean +- std over seeds\n"
+    )
     print("| loss | train accuracy | test accuracy | train - test |")
     print("|---|---|---|---|")
     results = {}
@@ -62,8 +68,10 @@ def main(argv=None):
         runs = [run(data, args.epochs, seed, alpha) for seed in range(args.seeds)]
         train_acc, test_acc = [r[0] for r in runs], [r[1] for r in runs]
         results[name] = mean_std(test_acc)[0]
-        print(f"| {name} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
-              f"{mean_std_text([r[0] - r[1] for r in runs])} |")
+        print(
+            f"| {name} | {mean_std_text(train_acc)} | {mean_std_text(test_acc)} | "
+            f"{mean_std_text([r[0] - r[1] for r in runs])} |"
+        )
     return results
 
 

@@ -12,10 +12,10 @@ through fastdrop's fused drop_path_add.
 import argparse
 
 import torch
+from digits_data import load_digits_split, mean_std, mean_std_text, train
 from torch import nn
 
 import fastdrop
-from digits_data import load_digits_split, mean_std, mean_std_text, train
 
 
 class BasicBlock(nn.Module):
@@ -43,8 +43,13 @@ def resnet18(width=16):
         layers += [BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes)]
         inplanes = planes
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, 10),
+        nn.Conv2d(1, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(inplanes, 10),
     )
 
 
@@ -65,8 +70,10 @@ def main(argv=None):
     parser.add_argument("--drop-rate", type=float, default=0.2)
     args = parser.parse_args(argv)
     data = load_digits_split()
-    print(f"ResNet-18 (BasicBlock, width 16) on scikit-learn digits, {args.epochs} epochs, "
-          f"seeds 0..{args.seeds - 1}; mean +- std over seeds\n")
+    print(
+        f"ResNet-18 (BasicBlock, width 16) on scikit-learn digits, {args.epochs} epochs, "
+        f"seeds 0..{args.seeds - 1}; mean +- std over seeds\n"
+    )
     print("| residual blocks | train accuracy | test accuracy | epoch seconds |")
     print("|---|---|---|---|")
     results = {}

@@ -7,6 +7,7 @@ mode, the identity cases, and torch's own argument-parsing rules.
 """
 
 import numbers
+import warnings
 
 import torch
 
@@ -75,7 +76,8 @@ def same_operands(a, a_name, b, b_name, op):
     """The operand checks of the fused residual forms, as the C++ operators make them."""
     if a.shape != b.shape:
         raise RuntimeError(
-            f"fastdrop.{op}: {a_name} and {b_name} must have the same shape, but got {list(a.shape)} and {list(b.shape)}"
+            f"fastdrop.{op}: {a_name} and {b_name} must have the same shape, "
+            f"but got {list(a.shape)} and {list(b.shape)}"
         )
     if a.device != b.device:
         raise RuntimeError(
@@ -106,3 +108,47 @@ def unsigned_64(value, name):
     if not 0 <= value < 1 << 64:
         raise ValueError(f"dropout_with_seed(): {name} must be in [0, 2**64), but got {value}")
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _warn(message):
+    # torch.compile cannot trace warnings.warn (fullgraph would fail): eager only.
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=4)
+
+
+def channel_dropout_rank(input, spatial_dims):
+    """torch's rank rules of dropout1d (an error), dropout2d and dropout3d (warnings)."""
+    if spatial_dims == 1:
+        if input.dim() not in (2, 3):
+            raise RuntimeError(
+                f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
+                "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+                "spatial dimension, a channel dimension, and an optional batch dimension "
+                "(i.e. 2D or 3D inputs)."
+            )
+    elif spatial_dims == 2:
+        if input.dim() not in (3, 4):
+            _warn(
+                f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
+                "and will result in an error in a future release. To retain the behavior "
+                "and silence this warning, please use dropout instead. Note that dropout2d "
+                "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+                "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs)."
+            )
+        if input.dim() == 3:
+            _warn(
+                "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+                "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+                "is the channel dim. This behavior will change in a future release to interpret the "
+                "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+                "channel-wise dropout behavior, please switch to using dropout1d instead."
+            )
+    else:
+        if input.dim() not in (4, 5):
+            _warn(
+                f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
+                "and will result in an error in a future release. To retain the behavior "
+                "and silence this warning, please use dropout instead. Note that dropout3d "
+                "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
+                "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs)."
+            )

@@ -80,6 +80,6 @@ VARIANTS = {
 def full_arguments(schema, args, kwargs):
     """Every argument in schema order: the dispatcher leaves out trailing defaults."""
     values = list(args)
-    for argument in schema.arguments[len(args):]:
+    for argument in schema.arguments[len(args) :]:
         values.append(kwargs[argument.name] if argument.name in kwargs else argument.default_value)
     return values

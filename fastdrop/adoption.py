@@ -26,14 +26,24 @@ _TORCH_MODULES = {
 # name and attributes where it does not (or has an older layout):
 # (package, class name, attributes, fastdrop's replacement, how to build it).
 _PEER_MODULES = (
-    ("timm.layers", "DropPath", ("drop_prob",), fnn.DropPath,
-     lambda m: fnn.DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))),
-    ("torchvision.ops", "StochasticDepth", ("p", "mode"), fnn.StochasticDepth,
-     lambda m: fnn.StochasticDepth(m.p, m.mode)),
+    (
+        "timm.layers",
+        "DropPath",
+        ("drop_prob",),
+        fnn.DropPath,
+        lambda m: fnn.DropPath(m.drop_prob, getattr(m, "scale_by_keep", True)),
+    ),
+    (
+        "torchvision.ops",
+        "StochasticDepth",
+        ("p", "mode"),
+        fnn.StochasticDepth,
+        lambda m: fnn.StochasticDepth(m.p, m.mode),
+    ),
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_of(package, name):
     """A class from an optional package, or None where the package does not import.
 
@@ -107,9 +117,7 @@ def replace_dropout(model: torch.nn.Module, *, verbose: bool = False) -> torch.n
     for _, kind in replaced:
         counts[kind] = counts.get(kind, 0) + 1
     summary = ", ".join(f"{count} {kind}" for kind, count in counts.items()) or "nothing"
-    report = f"fastdrop.replace_dropout: replaced {summary}" + "".join(
-        f"\n  {name}: {kind}" for name, kind in replaced
-    )
+    report = f"fastdrop.replace_dropout: replaced {summary}" + "".join(f"\n  {name}: {kind}" for name, kind in replaced)
     logger.info(report)
     if verbose:
         print(report)

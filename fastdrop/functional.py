@@ -1,8 +1,6 @@
 """Functional dropouts with the signatures, defaults, shape rules, errors and
 warnings of torch.nn.functional (and timm's and torchvision's drop path)."""
 
-import warnings
-
 import torch
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
@@ -24,12 +22,6 @@ __all__ = [
     "dropout_add",
     "bias_dropout_add",
 ]
-
-
-def _warn(message):
-    # torch.compile cannot trace warnings.warn (fullgraph would fail): eager only.
-    if not torch.compiler.is_compiling():
-        warnings.warn(message, stacklevel=3)
 
 
 def _nested(name, input, p, inplace, generator):
@@ -145,13 +137,7 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None):
             dropout1d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
         )
     p = _checks.probability(p, "feature_dropout")
-    if input.dim() not in (2, 3):
-        raise RuntimeError(
-            f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
-            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
-            "spatial dimension, a channel dimension, and an optional batch dimension "
-            "(i.e. 2D or 3D inputs)."
-        )
+    _checks.channel_dropout_rank(input, 1)
     if input.dim() == 2:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)
     return _feature_dropout(input, p, training, inplace, generator)
@@ -168,22 +154,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None):
             dropout2d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
         )
     p = _checks.probability(p, "feature_dropout")
-    if input.dim() not in (3, 4):
-        _warn(
-            f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
-            "and will result in an error in a future release. To retain the behavior "
-            "and silence this warning, please use dropout instead. Note that dropout2d "
-            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs)."
-        )
-    if input.dim() == 3:
-        _warn(
-            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
-            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
-            "is the channel dim. This behavior will change in a future release to interpret the "
-            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
-            "channel-wise dropout behavior, please switch to using dropout1d instead."
-        )
+    _checks.channel_dropout_rank(input, 2)
     return _feature_dropout(input, p, training, inplace, generator)
 
 
@@ -198,14 +169,7 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None):
             dropout3d, (input,), input, p=p, training=training, inplace=inplace, generator=generator
         )
     p = _checks.probability(p, "feature_dropout")
-    if input.dim() not in (4, 5):
-        _warn(
-            f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
-            "and will result in an error in a future release. To retain the behavior "
-            "and silence this warning, please use dropout instead. Note that dropout3d "
-            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs)."
-        )
+    _checks.channel_dropout_rank(input, 3)
     if input.dim() != 5:
         return _feature_dropout_unbatched(input, p, training, inplace, generator)
     return _feature_dropout(input, p, training, inplace, generator)
@@ -220,7 +184,12 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, generator
     """
     if has_torch_function_unary(x):
         return handle_torch_function(
-            drop_path, (x,), x, drop_prob=drop_prob, training=training, scale_by_keep=scale_by_keep,
+            drop_path,
+            (x,),
+            x,
+            drop_prob=drop_prob,
+            training=training,
+            scale_by_keep=scale_by_keep,
             generator=generator,
         )
     drop_prob = _checks.drop_probability(drop_prob)
@@ -246,9 +215,7 @@ def stochastic_depth(input, p, mode, training=True, *, generator=None):
     whole batch at once; survivors are divided by 1 - p, and p == 1 gives zeros.
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(
-            stochastic_depth, (input,), input, p, mode, training=training, generator=generator
-        )
+        return handle_torch_function(stochastic_depth, (input,), input, p, mode, training=training, generator=generator)
     p = _checks.drop_probability(p)
     _checks.stochastic_depth_mode(mode)
     if not training or p == 0.0:
@@ -265,8 +232,14 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
     """
     if has_torch_function((residual, branch)):
         return handle_torch_function(
-            drop_path_add, (residual, branch), residual, branch, drop_prob, training=training,
-            scale_by_keep=scale_by_keep, generator=generator,
+            drop_path_add,
+            (residual, branch),
+            residual,
+            branch,
+            drop_prob,
+            training=training,
+            scale_by_keep=scale_by_keep,
+            generator=generator,
         )
     drop_prob = _checks.drop_probability(drop_prob)
     _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
@@ -335,7 +308,9 @@ def dropout_with_seed(input, p, seed, offset=0):
         return handle_torch_function(dropout_with_seed, (input,), input, p, seed, offset=offset)
     p = _checks.probability(p, "dropout_with_seed")
     rng_state = torch.tensor(
-        [_checks.unsigned_64(seed, "seed"), _checks.unsigned_64(offset, "offset")], dtype=torch.int64, device=input.device
+        [_checks.unsigned_64(seed, "seed"), _checks.unsigned_64(offset, "offset")],
+        dtype=torch.int64,
+        device=input.device,
     )
     if (type(input) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(input):
         indices = _distributed.sliced_indices("dropout", input.shape, ())

@@ -6,20 +6,21 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The repository root, for the benchmark's measurements; last, so that an
-# installed fastdrop is not shadowed by the source tree.
-sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import emulated_cuda  # noqa: E402
 import fastdrop  # noqa: E402,F401
-from benchmarks import measure  # noqa: E402
+from fastdrop.bench import measure  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 # "cuda_emulated": the CUDA kernels on the emulated device (tests/emulated_cuda.py),
 # selected with -m cuda_emulated.
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda), pytest.param("cuda_emulated", marks=pytest.mark.cuda_emulated)]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=requires_cuda),
+    pytest.param("cuda_emulated", marks=pytest.mark.cuda_emulated),
+]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -49,7 +50,8 @@ def pytest_collection_modifyitems(config, items):
     deselected = [
         item
         for item in items
-        if item.get_closest_marker("traces") and getattr(item, "callspec", None)
+        if item.get_closest_marker("traces")
+        and getattr(item, "callspec", None)
         and item.callspec.params.get("device") == "cuda_emulated"
     ]
     if deselected:

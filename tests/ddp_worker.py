@@ -11,7 +11,9 @@ import fastdrop
 def build_model():
     torch.manual_seed(0)  # the same initial weights in every process
     # Dropout straight after a Linear: its input has no zeros, so output != 0 is the mask.
-    return torch.nn.Sequential(torch.nn.Linear(16, 64), fastdrop.nn.Dropout(0.5), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 64), fastdrop.nn.Dropout(0.5), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+    )
 
 
 def shard(rank):

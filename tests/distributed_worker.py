@@ -172,8 +172,10 @@ def dtensor_residual_forms(rank, world):
         for name, (function, shape) in forms.items():
             for placements in ([Shard(0)], [Shard(1)], [Replicate()]):
                 torch.manual_seed(0)
-                residual, x, bias = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), torch.randn(
-                    shape[-1], dtype=dtype
+                residual, x, bias = (
+                    torch.randn(shape, dtype=dtype),
+                    torch.randn(shape, dtype=dtype),
+                    torch.randn(shape[-1], dtype=dtype),
                 )
                 upstream = torch.randn(shape, dtype=dtype)
                 leaves = [t.clone().requires_grad_() for t in (residual, x, bias)]
@@ -273,15 +275,31 @@ def tensor_parallel_plan(sequence_parallel):
     # dropouts between the projections see where they sit.
     colwise = ColwiseParallel(use_local_output=False)
     if not sequence_parallel:
-        return {"attn.q": colwise, "attn.k": colwise, "attn.v": colwise, "attn.o": RowwiseParallel(),
-                "fc1": colwise, "fc2": RowwiseParallel()}
+        return {
+            "attn.q": colwise,
+            "attn.k": colwise,
+            "attn.v": colwise,
+            "attn.o": RowwiseParallel(),
+            "fc1": colwise,
+            "fc2": RowwiseParallel(),
+        }
     # The residual stream sharded along the sequence (dim 1): the norms and the
     # residual-branch dropouts see Shard(1) DTensors.
     colwise = ColwiseParallel(input_layouts=Shard(1), use_local_output=False)
     rowwise = RowwiseParallel(output_layouts=Shard(1))
     sequence = SequenceParallel(use_local_output=True)
-    return {"norm1": SequenceParallel(), "attn.q": colwise, "attn.k": colwise, "attn.v": colwise, "attn.o": rowwise,
-            "drop1": sequence, "norm2": SequenceParallel(), "fc1": colwise, "fc2": rowwise, "drop_path": sequence}
+    return {
+        "norm1": SequenceParallel(),
+        "attn.q": colwise,
+        "attn.k": colwise,
+        "attn.v": colwise,
+        "attn.o": rowwise,
+        "drop1": sequence,
+        "norm2": SequenceParallel(),
+        "fc1": colwise,
+        "fc2": rowwise,
+        "drop_path": sequence,
+    }
 
 
 def block_step(mesh, sequence_parallel=False):
@@ -459,7 +477,10 @@ def fsdp2_step_matches_the_unsharded_step(rank, world):
 
 def main(rank, world, init_file, results):
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
         timeout=datetime.timedelta(seconds=120),
     )
     outcome = {}

@@ -24,7 +24,7 @@ import os
 import shutil
 import subprocess
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -48,7 +48,9 @@ ASAN_OPTIONS = "detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1"
 
 
 def _gcc_file(name):
-    return subprocess.run(["gcc", f"-print-file-name={name}"], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["gcc", f"-print-file-name={name}"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def asan_preload():
@@ -132,7 +134,7 @@ def _compile(csrc, build_dir, verbose):
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def ops():
     """torch.ops.fastdrop_emulated, built and loaded once per process."""
     if not asan_loaded():
@@ -161,9 +163,7 @@ def settings(**values):
 
 
 def _real(value):
-    return not isinstance(value, torch.Tensor) or (
-        type(value) is torch.Tensor and value.device.type == "cpu"
-    )
+    return not isinstance(value, torch.Tensor) or (type(value) is torch.Tensor and value.device.type == "cpu")
 
 
 class _Redirect(TorchDispatchMode):

@@ -104,8 +104,19 @@ def build(env):
 
 def run_suite(env):
     # --capture=sys: a sanitizer's report goes to file descriptor 2, which must not be captured away.
-    command = [sys.executable, "-m", "pytest", "-m", "cuda_emulated", "-x", "-q", "-p", "no:cacheprovider",
-               "--capture=sys", "tests/test_cuda_emulated.py"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "cuda_emulated",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--capture=sys",
+        "tests/test_cuda_emulated.py",
+    ]
     result = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True)
     return result.returncode, result.stdout + result.stderr
 
@@ -142,8 +153,9 @@ def main():
             path = csrc / relative
             original = path.read_text()
             if original.count(correct) != occurrences:
-                failures.append(f"{name}: its text occurs {original.count(correct)} times in csrc/{relative}, "
-                                f"not {occurrences}")
+                failures.append(
+                    f"{name}: its text occurs {original.count(correct)} times in csrc/{relative}, not {occurrences}"
+                )
                 print(f"STALE     {name}")
                 continue
             path.write_text(original.replace(correct, broken, 1))

@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorExc
 
 import fastdrop
 from conftest import assert_identical
-from contract_reference import keep_mask
+from oracle import keep_mask
 
 F = fastdrop.functional
 ops = torch.ops.fastdrop

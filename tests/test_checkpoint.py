@@ -76,8 +76,11 @@ def _recompute_all(ctx, op, *args, **kwargs):
 
 
 def _save_matmuls(ctx, op, *args, **kwargs):
-    return CheckpointPolicy.MUST_SAVE if op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) \
+    return (
+        CheckpointPolicy.MUST_SAVE
+        if op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
         else CheckpointPolicy.PREFER_RECOMPUTE
+    )
 
 
 def _save_fastdrop(ctx, op, *args, **kwargs):
@@ -101,7 +104,9 @@ def test_a_checkpointed_run_differs_with_another_seed():
 @pytest.mark.traces
 def test_compiled_checkpointed_block():
     def run(block, x):
-        return torch.compile(lambda t: checkpoint(block, t, use_reentrant=False), fullgraph=True, backend="aot_eager")(x)
+        return torch.compile(lambda t: checkpoint(block, t, use_reentrant=False), fullgraph=True, backend="aot_eager")(
+            x
+        )
 
     # The compiled graph draws in the same order from the same generator, and its
     # backward replays the checkpointed region's draws: the same masks.

@@ -15,14 +15,19 @@ import pytest
 import torch
 
 import emulated_cuda
-import torch_reference as ref
-from contract_reference import keep_mask
+import oracle as ref
+from oracle import keep_mask
 
 pytestmark = pytest.mark.cuda_emulated
 
 cpu_ops = torch.ops.fastdrop
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+INT_OF = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 STATE = torch.tensor([0x0123456789ABCDEF, 4 * 1001])
 
 
@@ -84,8 +89,13 @@ def layouts(dtype):
         wide = contiguous((*shape[:-1], 2 * shape[-1] + 1))
         return wide[..., 1::2]
 
-    return [("contiguous", contiguous), ("misaligned", misaligned), ("channels_last", channels_last),
-            ("permuted", permuted), ("sliced", sliced)]
+    return [
+        ("contiguous", contiguous),
+        ("misaligned", misaligned),
+        ("channels_last", channels_last),
+        ("permuted", permuted),
+        ("sliced", sliced),
+    ]
 
 
 # Sizes that end anywhere in a pack, rows of whole packs (the bias read a pack
@@ -94,8 +104,17 @@ def layouts(dtype):
 # packs (the rows kernel) and not.
 SHAPES = [(0, 3), (1,), (7,), (9,), (3, 1001), (4, 6, 5, 7), (2, 3, 4, 17), (5, 16), (3, 4, 24), (2, 16, 3, 5)]
 GROUPED_SHAPES = [
-    (0, 3), (2, 3), (3, 5, 7), (4, 6, 5, 7), (2, 3, 4, 17), (16, 8), (9, 4, 6), (4, 6, 4, 4), (2, 16, 3, 5),
-    (3, 8, 2, 2), (2, 24, 1, 1),
+    (0, 3),
+    (2, 3),
+    (3, 5, 7),
+    (4, 6, 5, 7),
+    (2, 3, 4, 17),
+    (16, 8),
+    (9, 4, 6),
+    (4, 6, 4, 4),
+    (2, 16, 3, 5),
+    (3, 8, 2, 2),
+    (2, 24, 1, 1),
 ]
 
 
@@ -163,8 +182,11 @@ OPERATORS = [
     ("dropout_backward", False, lambda ops, o, p, g: (ops.dropout_backward(o["x"], STATE, p),)),
     ("alpha_dropout_backward", False, lambda ops, o, p, g: (ops.alpha_dropout_backward(o["x"], STATE, p),)),
     ("feature_dropout_backward", True, lambda ops, o, p, g: (ops.feature_dropout_backward(o["x"], STATE, p),)),
-    ("feature_alpha_dropout_backward", True,
-     lambda ops, o, p, g: (ops.feature_alpha_dropout_backward(o["x"], STATE, p),)),
+    (
+        "feature_alpha_dropout_backward",
+        True,
+        lambda ops, o, p, g: (ops.feature_alpha_dropout_backward(o["x"], STATE, p),),
+    ),
     ("drop_path", True, lambda ops, o, p, g: ops.drop_path(o["x"], p, True, True, g)),
     ("drop_path_batch_unscaled", True, lambda ops, o, p, g: ops.drop_path(o["x"], p, False, False, g)),
     ("drop_path_backward", True, lambda ops, o, p, g: (ops.drop_path_backward(o["x"], STATE, p, True, True),)),
@@ -205,9 +227,14 @@ def operand_sets(dtype, grouped):
     # path may take the residual for contiguous.
     shape = (4, 16, 3, 8)
     residual = with_specials(torch.randn(4, 16, 3, 16).to(dtype))[..., ::2]
-    for bias_label, bias in (("", torch.randn(shape[-1]).to(dtype)), ("_misaligned_bias", torch.randn(9).to(dtype)[1:])):
-        yield f"strided_residual{bias_label}", {"x": with_specials(torch.randn(shape).to(dtype)), "residual": residual,
-                                                "bias": bias}
+    for bias_label, bias in (
+        ("", torch.randn(shape[-1]).to(dtype)),
+        ("_misaligned_bias", torch.randn(9).to(dtype)[1:]),
+    ):
+        yield (
+            f"strided_residual{bias_label}",
+            {"x": with_specials(torch.randn(shape).to(dtype)), "residual": residual, "bias": bias},
+        )
 
 
 def run_both(emulated, call, operands, p, seed=0):
@@ -237,8 +264,11 @@ def test_cuda_kernels_match_the_cpu_kernels_bit_for_bit(emulated, config, dtype,
 def test_every_probability_regime(emulated, p, label, grouped, call):
     # p = 1e-6 and 0.99999 tie on the first 16 bits now and then: the extension words.
     for dtype in (torch.float32, torch.float16):
-        operands = {"x": with_specials(torch.randn(33, 257).to(dtype)), "residual": torch.randn(33, 257).to(dtype),
-                    "bias": torch.randn(257).to(dtype)}
+        operands = {
+            "x": with_specials(torch.randn(33, 257).to(dtype)),
+            "residual": torch.randn(33, 257).to(dtype),
+            "bias": torch.randn(257).to(dtype),
+        }
         cpu, emu = run_both(emulated, call, operands, p)
         for cpu_tensor, emu_tensor in zip(cpu, emu):
             assert_bitwise(emu_tensor, cpu_tensor)

@@ -37,8 +37,11 @@ class Net(torch.nn.Module):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("module, shape", LEAVES, ids=[type(m).__name__ + ("_inplace" if getattr(m, "inplace", False)
-                                                                         else "") for m, _ in LEAVES])
+@pytest.mark.parametrize(
+    "module, shape",
+    LEAVES,
+    ids=[type(m).__name__ + ("_inplace" if getattr(m, "inplace", False) else "") for m, _ in LEAVES],
+)
 def test_modules_trace_as_leaves(module, shape, training):
     net = Net(module).train(training)
     graph_module = torch.fx.symbolic_trace(net)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference as ref
+import oracle as ref
 from conftest import assert_identical
-from contract_reference import keeps
+from oracle import keeps
 
 ops = torch.ops.fastdrop
 
@@ -65,8 +65,10 @@ def test_decisions_follow_the_contract(device, dtype, case, variant):
         mask = keep_of(state, shape, strides, base, p)
         assert_identical(out, expected(variant, x, mask, p))
         grad = torch.randn(shape, device=device).to(dtype)
-        assert_identical(ops.indexed_dropout_backward(grad, state, p, variant, strides, base),
-                         expected(variant, grad, mask, p, backward=True))
+        assert_identical(
+            ops.indexed_dropout_backward(grad, state, p, variant, strides, base),
+            expected(variant, grad, mask, p, backward=True),
+        )
         inplace = x.clone()
         inplace_state = ops.indexed_dropout_(inplace, p, variant, strides, base, generator)
         assert_identical(inplace, expected(variant, x, keep_of(inplace_state, shape, strides, base, p), p))
@@ -78,8 +80,11 @@ def test_layouts_do_not_change_decisions(device):
     out, state = ops.indexed_dropout(x, 0.4, "dropout", strides, base)
     wide = torch.zeros(4, 12, 5, device=device)
     wide[:, ::2] = x
-    for layout in (x.transpose(0, 2).contiguous().transpose(0, 2), x.permute(1, 0, 2).contiguous().permute(1, 0, 2),
-                   wide[:, ::2]):
+    for layout in (
+        x.transpose(0, 2).contiguous().transpose(0, 2),
+        x.permute(1, 0, 2).contiguous().permute(1, 0, 2),
+        wide[:, ::2],
+    ):
         assert_identical(ops.indexed_dropout_backward(layout, state, 0.4, "dropout", strides, base), out)
 
 
@@ -100,8 +105,9 @@ def test_autograd_forward_ad_and_opcheck():
     def f(t):
         return ops.indexed_dropout(t, *args, torch.Generator().manual_seed(0))[0]
 
-    assert torch.autograd.gradcheck(f, (x,), check_forward_ad=True, check_batched_grad=True,
-                                    check_batched_forward_grad=True)
+    assert torch.autograd.gradcheck(
+        f, (x,), check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True
+    )
     assert torch.autograd.gradgradcheck(f, (x,))
     state = ops.indexed_dropout(x.detach(), *args)[1]
     for op, op_args in [
@@ -150,20 +156,24 @@ def test_meta_and_symbolic_shapes():
     assert_identical(compiled, ops.indexed_dropout(x, 0.3, "dropout", [0, 1], 2)[0])
 
 
-@pytest.mark.parametrize("strides, base, match", [
-    ([1], 0, "one stride per dim of the input \\(2\\), but got 1"),
-    ([-1, 1], 0, "must be non-negative"),
-    ([1, 1], -1, "index_base must be in"),
-    ([2**58, 1], 0, "below 2\\^59"),
-    ([1, 1], 2**59, "index_base must be in"),
-])
+@pytest.mark.parametrize(
+    "strides, base, match",
+    [
+        ([1], 0, "one stride per dim of the input \\(2\\), but got 1"),
+        ([-1, 1], 0, "must be non-negative"),
+        ([1, 1], -1, "index_base must be in"),
+        ([2**58, 1], 0, "below 2\\^59"),
+        ([1, 1], 2**59, "index_base must be in"),
+    ],
+)
 def test_bad_decision_indices_are_refused(strides, base, match):
     x = torch.randn(3, 4)
-    for call in (lambda: ops.indexed_dropout(x, 0.3, "dropout", strides, base),
-                 lambda: ops.indexed_dropout_(x.clone(), 0.3, "dropout", strides, base),
-                 lambda: ops.indexed_dropout_backward(x, torch.zeros(2, dtype=torch.long), 0.3, "dropout", strides,
-                                                      base),
-                 lambda: ops.indexed_dropout(x.to("meta"), 0.3, "dropout", strides, base)):
+    for call in (
+        lambda: ops.indexed_dropout(x, 0.3, "dropout", strides, base),
+        lambda: ops.indexed_dropout_(x.clone(), 0.3, "dropout", strides, base),
+        lambda: ops.indexed_dropout_backward(x, torch.zeros(2, dtype=torch.long), 0.3, "dropout", strides, base),
+        lambda: ops.indexed_dropout(x.to("meta"), 0.3, "dropout", strides, base),
+    ):
         with pytest.raises(RuntimeError, match=match):
             call()
 

@@ -74,7 +74,10 @@ def test_replace_dropout_swaps_every_kind_and_keeps_settings(caplog):
     assert not modules["2.1"].training and modules["1"].training
     assert type(modules["9"]) is fastdrop.nn.DropPath
     assert (modules["9"].drop_prob, modules["9"].scale_by_keep) == (0.15, False)
-    assert type(modules["10"]) is fastdrop.nn.StochasticDepth and (modules["10"].p, modules["10"].mode) == (0.25, "batch")
+    assert type(modules["10"]) is fastdrop.nn.StochasticDepth and (modules["10"].p, modules["10"].mode) == (
+        0.25,
+        "batch",
+    )
     assert "replaced 1 Dropout2d, 1 Dropout1d, 1 Dropout3d, 1 Dropout, 1 AlphaDropout" in caplog.text
     assert "2.3: Dropout3d" in caplog.text
     # Running it again finds nothing left to replace.

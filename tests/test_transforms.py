@@ -33,8 +33,10 @@ OPS = {
     "dropout_add": (lambda r, x, g: FD.dropout_add(r, x, 0.4, generator=g), [(6, 5), (6, 5)]),
     "bias_dropout_add": (lambda x, b, r, g: FD.bias_dropout_add(x, b, r, 0.4, generator=g), [(6, 5), (5,), (6, 5)]),
     "dropout_with_seed": (lambda x, g: FD.dropout_with_seed(x, 0.4, seed=12345, offset=8), [(6, 5)]),
-    "indexed_dropout": (lambda x, g: torch.ops.fastdrop.indexed_dropout(x, 0.4, "alpha_dropout", [0, 1], 3, g)[0],
-                        [(6, 5)]),
+    "indexed_dropout": (
+        lambda x, g: torch.ops.fastdrop.indexed_dropout(x, 0.4, "alpha_dropout", [0, 1], 3, g)[0],
+        [(6, 5)],
+    ),
 }
 
 
@@ -91,12 +93,15 @@ def test_forward_ad_dual_tensors(name):
     assert_identical(out.tangent, expected_tangent)
 
 
-@pytest.mark.parametrize("name, call", [
-    ("dropout", lambda x, g: FD.dropout(x, 0.4, inplace=True, generator=g)),
-    ("alpha_dropout", lambda x, g: FD.alpha_dropout(x, 0.4, True, inplace=True, generator=g)),
-    ("dropout2d", lambda x, g: FD.dropout2d(x, 0.4, inplace=True, generator=g)),
-    ("feature_alpha_dropout", lambda x, g: FD.feature_alpha_dropout(x, 0.4, True, inplace=True, generator=g)),
-])
+@pytest.mark.parametrize(
+    "name, call",
+    [
+        ("dropout", lambda x, g: FD.dropout(x, 0.4, inplace=True, generator=g)),
+        ("alpha_dropout", lambda x, g: FD.alpha_dropout(x, 0.4, True, inplace=True, generator=g)),
+        ("dropout2d", lambda x, g: FD.dropout2d(x, 0.4, inplace=True, generator=g)),
+        ("feature_alpha_dropout", lambda x, g: FD.feature_alpha_dropout(x, 0.4, True, inplace=True, generator=g)),
+    ],
+)
 def test_forward_ad_in_place_masks_primal_and_tangent_together(name, call):
     primal, tangent = inputs_of(name), inputs_of(name, seed=1)
     with fwAD.dual_level():
@@ -113,8 +118,9 @@ def test_forward_ad_in_place_masks_primal_and_tangent_together(name, call):
 def test_gradcheck_with_forward_ad_and_batched_gradients(name):
     f = bound(name)
     inputs = tuple(x.requires_grad_() for x in inputs_of(name, torch.float64))
-    assert torch.autograd.gradcheck(f, inputs, check_forward_ad=True, check_batched_grad=True,
-                                    check_batched_forward_grad=True)
+    assert torch.autograd.gradcheck(
+        f, inputs, check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True
+    )
     assert torch.autograd.gradgradcheck(f, inputs, check_fwd_over_rev=True, check_rev_over_rev=True)
 
 

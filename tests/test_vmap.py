@@ -163,11 +163,13 @@ EXACT = {
     "dropout1d_unbatched": (lambda x, g: FD.dropout1d(x, 0.3, generator=g), (6, 5), None),
     "dropout2d": (lambda x, g: FD.dropout2d(x, 0.3, generator=g), (2, 6, 3, 3), "merge"),
     "dropout3d": (lambda x, g: FD.dropout3d(x, 0.3, generator=g), (2, 3, 2, 2, 2), "merge"),
-    "feature_alpha_dropout": (lambda x, g: FD.feature_alpha_dropout(x, 0.3, True, generator=g), (2, 6, 3, 3),
-                              "merge"),
+    "feature_alpha_dropout": (lambda x, g: FD.feature_alpha_dropout(x, 0.3, True, generator=g), (2, 6, 3, 3), "merge"),
     "drop_path": (lambda x, g: FD.drop_path(x, 0.3, True, generator=g), (6, 4, 3), "merge"),
-    "drop_path_unscaled": (lambda x, g: FD.drop_path(x, 0.3, True, scale_by_keep=False, generator=g), (6, 4, 3),
-                           "merge"),
+    "drop_path_unscaled": (
+        lambda x, g: FD.drop_path(x, 0.3, True, scale_by_keep=False, generator=g),
+        (6, 4, 3),
+        "merge",
+    ),
     "stochastic_depth_row": (lambda x, g: FD.stochastic_depth(x, 0.3, "row", generator=g), (6, 4, 3), "merge"),
 }
 
@@ -192,7 +194,9 @@ def test_different_is_one_call_on_the_stacked_batch(device, name, in_dim):
 def test_different_expands_an_unbatched_input(device, name):
     call, shape, _ = EXACT[name]
     x = torch.randn(shape, device=device)
-    result = vmap(lambda t: call(x, reseeded(2)) + 0 * t, randomness="different")(torch.zeros(B0, *shape, device=device))
+    result = vmap(lambda t: call(x, reseeded(2)) + 0 * t, randomness="different")(
+        torch.zeros(B0, *shape, device=device)
+    )
     assert_identical(result, stacked_call(name, x.expand(B0, *shape), reseeded(2)))
 
 
@@ -212,17 +216,21 @@ def test_stochastic_depth_batch_mode_decides_once_per_slice():
     different = vmap(lambda t: FD.stochastic_depth(t, 0.5, "batch", generator=reseeded(4)), randomness="different")(x)
     assert set(different.flatten().tolist()) <= {0.0, 2.0}
     per_slice = different.flatten(1)
-    assert bool(((per_slice == per_slice[:, :1]).all()))  # one decision per slice
+    assert bool((per_slice == per_slice[:, :1]).all())  # one decision per slice
     assert 10 < int((per_slice[:, 0] == 0).sum()) < 54  # and they differ: P(outside) < 1e-8
     same = vmap(lambda t: FD.stochastic_depth(t, 0.5, "batch", generator=reseeded(4)), randomness="same")(x)
     assert_all_slices_equal(same)
 
 
 FUSED = {
-    "dropout_add": (lambda r, x, b, g: FD.dropout_add(r, x, 0.3, generator=g),
-                    lambda r, x, b: r + FD.dropout(x, 0.3, generator=reseeded(5))),
-    "bias_dropout_add": (lambda r, x, b, g: FD.bias_dropout_add(x, b, r, 0.3, generator=g),
-                         lambda r, x, b: r + FD.dropout(x + b, 0.3, generator=reseeded(5))),
+    "dropout_add": (
+        lambda r, x, b, g: FD.dropout_add(r, x, 0.3, generator=g),
+        lambda r, x, b: r + FD.dropout(x, 0.3, generator=reseeded(5)),
+    ),
+    "bias_dropout_add": (
+        lambda r, x, b, g: FD.bias_dropout_add(x, b, r, 0.3, generator=g),
+        lambda r, x, b: r + FD.dropout(x + b, 0.3, generator=reseeded(5)),
+    ),
     "drop_path_add": (lambda r, x, b, g: FD.drop_path_add(r, x, 0.3, generator=g), None),
 }
 
@@ -255,8 +263,9 @@ def test_fused_forms_under_vmap(device, name, randomness, batched):
 
 def test_bias_dropout_add_with_a_batched_bias():
     x, r, b = torch.randn(B0, 3, 8), torch.randn(B0, 3, 8), torch.randn(B0, 8)
-    result = vmap(lambda xx, bb, rr: FD.bias_dropout_add(xx, bb, rr, 0.3, generator=reseeded(6)),
-                  randomness="different")(x, b, r)
+    result = vmap(
+        lambda xx, bb, rr: FD.bias_dropout_add(xx, bb, rr, 0.3, generator=reseeded(6)), randomness="different"
+    )(x, b, r)
     assert_identical(result, r + FD.dropout(x + b[:, None], 0.3, generator=reseeded(6)))
 
 
@@ -264,16 +273,18 @@ def test_bias_dropout_add_with_a_batched_bias():
 def test_nested_vmaps_compose_level_by_level(randomness):
     x = torch.randn(3, B0, 5, 6)
     # outer "different" over dim 0; inner `randomness` over dim 1
-    nested = vmap(vmap(lambda t: FD.dropout(t, 0.4, generator=reseeded(7)), randomness=randomness),
-                  randomness="different")(x)
+    nested = vmap(
+        vmap(lambda t: FD.dropout(t, 0.4, generator=reseeded(7)), randomness=randomness), randomness="different"
+    )(x)
     if randomness == "different":
         assert_identical(nested, FD.dropout(x, 0.4, generator=reseeded(7)))
     else:  # the outer slices differ, each one's mask the same for every inner slice
         state = ops.dropout(x[:, 0], 0.4, reseeded(7))[1]
         for j in range(B0):
             assert_identical(nested[:, j], ops.dropout_backward(x[:, j], state, 0.4))
-    outer_same = vmap(vmap(lambda t: FD.dropout(t, 0.4, generator=reseeded(7)), randomness="different"),
-                      randomness="same")(x)
+    outer_same = vmap(
+        vmap(lambda t: FD.dropout(t, 0.4, generator=reseeded(7)), randomness="different"), randomness="same"
+    )(x)
     for i in range(3):
         assert_identical(outer_same[i], FD.dropout(x[i], 0.4, generator=reseeded(7)))
 
@@ -296,18 +307,31 @@ def test_in_place_under_vmap(randomness):
         vmap(lambda t: FD.dropout(unbatched, 0.4, inplace=True) + t, randomness=randomness)(batch)
 
 
-@pytest.mark.parametrize("call", [
-    lambda t: FD.dropout(t, 0.5),
-    lambda t: FD.dropout(t, 0.5, inplace=True),
-    lambda t: FD.dropout2d(t, 0.5),
-    lambda t: FD.alpha_dropout(t, 0.5, True),
-    lambda t: FD.drop_path(t, 0.5, True),
-    lambda t: FD.dropout_add(t, t, 0.5),
-    lambda t: FD.bias_dropout_add(t, t[0, 0], t, 0.5),
-    lambda t: FD.drop_path_add(t, t, 0.5),
-    lambda t: FD.dropout(torch.ones(3), 0.5) + t,  # unbatched: torch raises all the same
-], ids=["dropout", "dropout_", "dropout2d", "alpha", "drop_path", "dropout_add", "bias_dropout_add",
-        "drop_path_add", "unbatched"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: FD.dropout(t, 0.5),
+        lambda t: FD.dropout(t, 0.5, inplace=True),
+        lambda t: FD.dropout2d(t, 0.5),
+        lambda t: FD.alpha_dropout(t, 0.5, True),
+        lambda t: FD.drop_path(t, 0.5, True),
+        lambda t: FD.dropout_add(t, t, 0.5),
+        lambda t: FD.bias_dropout_add(t, t[0, 0], t, 0.5),
+        lambda t: FD.drop_path_add(t, t, 0.5),
+        lambda t: FD.dropout(torch.ones(3), 0.5) + t,  # unbatched: torch raises all the same
+    ],
+    ids=[
+        "dropout",
+        "dropout_",
+        "dropout2d",
+        "alpha",
+        "drop_path",
+        "dropout_add",
+        "bias_dropout_add",
+        "drop_path_add",
+        "unbatched",
+    ],
+)
 def test_error_mode_refuses_every_random_op(call):
     with pytest.raises(RuntimeError, match=RANDOMNESS_ERROR):
         vmap(call)(torch.randn(B0, 2, 3, 3))
@@ -334,9 +358,11 @@ def weighted_sum(call):
 @pytest.mark.parametrize("randomness", ["same", "different"])
 @pytest.mark.parametrize("name", ["dropout", "alpha_dropout", "drop_path"])
 def test_per_sample_gradients_apply_the_forward_mask(name, randomness):
-    call = {"dropout": lambda t, g: FD.dropout(t, 0.3, generator=g),
-            "alpha_dropout": lambda t, g: FD.alpha_dropout(t, 0.3, True, generator=g),
-            "drop_path": lambda t, g: FD.drop_path(t, 0.3, True, generator=g)}[name]
+    call = {
+        "dropout": lambda t, g: FD.dropout(t, 0.3, generator=g),
+        "alpha_dropout": lambda t, g: FD.alpha_dropout(t, 0.3, True, generator=g),
+        "drop_path": lambda t, g: FD.drop_path(t, 0.3, True, generator=g),
+    }[name]
     weights = torch.arange(1.0, 8.0)
     x = torch.randn(B0, 5, 7)
     with no_fallback():
@@ -355,8 +381,13 @@ def test_per_sample_gradients_apply_the_forward_mask(name, randomness):
 
 def test_per_sample_gradients_of_a_model_with_fastdrop_modules():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), fastdrop.nn.Dropout(0.3), torch.nn.ReLU(),
-                                fastdrop.nn.Dropout1d(0.2), torch.nn.Linear(8, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8),
+        fastdrop.nn.Dropout(0.3),
+        torch.nn.ReLU(),
+        fastdrop.nn.Dropout1d(0.2),
+        torch.nn.Linear(8, 2),
+    )
     params = {k: v.detach() for k, v in model.named_parameters()}
     x, y = torch.randn(B0, 4, 6), torch.randn(B0, 4, 2)
 
@@ -371,8 +402,11 @@ def test_per_sample_gradients_of_a_model_with_fastdrop_modules():
     torch.manual_seed(1)
     batch_out = model(x)
     for i in range(B0):
-        expected = torch.autograd.grad(torch.nn.functional.mse_loss(batch_out[i:i + 1], y[i:i + 1]),
-                                       list(model.parameters()), retain_graph=True)
+        expected = torch.autograd.grad(
+            torch.nn.functional.mse_loss(batch_out[i : i + 1], y[i : i + 1]),
+            list(model.parameters()),
+            retain_graph=True,
+        )
         for (name, actual), wanted in zip(per_sample.items(), expected):
             torch.testing.assert_close(actual[i], wanted, msg=name)
 
@@ -398,12 +432,12 @@ def test_vmap_over_distinct_rng_states_is_refused():
 def test_indexed_dropout_under_vmap_adds_a_level():
     x = torch.randn(B0, 3, 5)
     strides, base = [1, 3], 11  # column-major within a slice, based
-    different = vmap(lambda t: ops.indexed_dropout(t, 0.4, "dropout", strides, base, reseeded(10))[0],
-                     randomness="different")(x)
+    different = vmap(
+        lambda t: ops.indexed_dropout(t, 0.4, "dropout", strides, base, reseeded(10))[0], randomness="different"
+    )(x)
     span = 1 + 2 * 1 + 4 * 3
     assert_identical(different, ops.indexed_dropout(x, 0.4, "dropout", [span, *strides], base, reseeded(10))[0])
-    same = vmap(lambda t: ops.indexed_dropout(t, 0.4, "dropout", strides, base, reseeded(10))[0],
-                randomness="same")(x)
+    same = vmap(lambda t: ops.indexed_dropout(t, 0.4, "dropout", strides, base, reseeded(10))[0], randomness="same")(x)
     assert_identical(same, ops.indexed_dropout(x, 0.4, "dropout", [0, *strides], base, reseeded(10))[0])
     with pytest.raises(RuntimeError, match="one stride per dim of the input \\(2\\)"):
         vmap(lambda t: ops.indexed_dropout(t, 0.4, "dropout", [1], 0)[0], randomness="same")(x)
@@ -421,10 +455,13 @@ def test_no_fallback_under_vmap_of_every_operator():
     # Each operator and its backward, through functorch's transforms together.
     x = torch.randn(B0, 2, 3, 4)
     calls = [
-        functools.partial(FD.dropout, p=0.3), functools.partial(FD.alpha_dropout, p=0.3, training=True),
-        functools.partial(FD.dropout2d, p=0.3), functools.partial(FD.feature_alpha_dropout, p=0.3, training=True),
+        functools.partial(FD.dropout, p=0.3),
+        functools.partial(FD.alpha_dropout, p=0.3, training=True),
+        functools.partial(FD.dropout2d, p=0.3),
+        functools.partial(FD.feature_alpha_dropout, p=0.3, training=True),
         functools.partial(FD.drop_path, drop_prob=0.3, training=True),
-        lambda t: FD.drop_path_add(t, t, 0.3), lambda t: FD.dropout_add(t, t, 0.3),
+        lambda t: FD.drop_path_add(t, t, 0.3),
+        lambda t: FD.dropout_add(t, t, 0.3),
         lambda t: FD.bias_dropout_add(t, t[0, 0], t, 0.3),
     ]
     with no_fallback():

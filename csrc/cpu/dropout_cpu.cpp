@@ -3,9 +3,10 @@
 // (residual + dropout(x + bias)). Each element's decision comes from its own
 // 16 contract bits; everything is applied in one pass.
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include "../dropout_math.h"
-#include "../entry_points.h"
+#include "../decisions.h"
 #include "element_walk.h"
 #include "op_helpers.h"
 #include "transform.h"
@@ -24,10 +25,11 @@ auto elementwise_kernel(Variant variant, double p) {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        parallel_runs_with_bits(layout, input.numel(), rng, threshold, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
-          transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), bits, count,
-                        compare, affine, factors);
-        });
+        parallel_runs_with_bits(layout, input.numel(), rng, threshold,
+                                [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+                                  transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1),
+                                                bits, count, compare, affine, factors);
+                                });
       });
     });
   };
@@ -40,21 +42,25 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
     const uint32_t compare = compare_bits(threshold);
     auto run_with = [&](auto tensors) {
       constexpr size_t kTensors = std::tuple_size_v<decltype(tensors)>;
-      with_layout<kTensors>(tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout,
-                                                                      const auto& t) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cpu", [&] {
-          const auto factors = dropout_factors<scalar_t>(Variant::kDropout, p);
-          scalar_t* out = t[0].template data_ptr<scalar_t>();
-          const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-          const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
-          const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
-          parallel_runs_with_bits(layout, input.numel(), rng, threshold, [&](const int64_t* at, int64_t count, const uint16_t* bits) {
-            add_dropout_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1), res + at[2],
-                            layout.inner_stride(2), b == nullptr ? nullptr : b + at[kTensors - 1],
-                            layout.inner_stride(kTensors - 1), bits, count, compare, factors);
+      with_layout<kTensors>(
+          tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout, const auto& t) {
+            AT_DISPATCH_FLOATING_TYPES_AND2(
+                at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cpu", [&] {
+                  const auto factors = dropout_factors<scalar_t>(Variant::kScaleOpMath, p);
+                  scalar_t* out = t[0].template data_ptr<scalar_t>();
+                  const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+                  const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+                  const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
+                  parallel_runs_with_bits(layout, input.numel(), rng, threshold,
+                                          [&](const int64_t* at, int64_t count, const uint16_t* bits) {
+                                            add_dropout_run(out + at[0], layout.inner_stride(0), in + at[1],
+                                                            layout.inner_stride(1), res + at[2], layout.inner_stride(2),
+                                                            b == nullptr ? nullptr : b + at[kTensors - 1],
+                                                            layout.inner_stride(kTensors - 1), bits, count, compare,
+                                                            factors);
+                                          });
+                });
           });
-        });
-      });
     };
     if (bias.defined()) {
       run_with(std::array<at::Tensor, 4>{output, input, residual, bias.expand_as(input)});
@@ -66,6 +72,8 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
 
 }  // namespace
 
-FASTDROP_ELEMENTWISE_ENTRY_POINTS
+#include "../entry_points/elementwise.inc"
 
 }  // namespace fastdrop::cpu
+
+TORCH_LIBRARY_IMPL(fastdrop, CPU, m) { fastdrop::cpu::register_elementwise_kernels(m); }

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 
-#include "../fastdrop.h"
+#include "../checks.h"
+#include "../layout_builder.h"
+#include "../rng_state.h"
 #include "philox_cpu.h"
 
 namespace fastdrop::cpu {
@@ -36,7 +38,8 @@ inline void resolve_ties(uint16_t* bits, int64_t count, uint64_t first_index, co
                          RngState rng) {
   if (threshold.high > 0xFFFFu) return;  // p == 1: nothing ties
   const uint16_t high = static_cast<uint16_t>(threshold.high);
-  for (int64_t i = find_value(bits, count, high); i < count; i = i + 1 + find_value(bits + i + 1, count - i - 1, high)) {
+  for (int64_t i = find_value(bits, count, high); i < count;
+       i = i + 1 + find_value(bits + i + 1, count - i - 1, high)) {
     const uint64_t index = first_index + static_cast<uint64_t>(i);
     bits[i] = static_cast<uint16_t>(resolved_tie_bits(keeps_on_tie(rng.seed, rng.offset, index, threshold.remainder)));
   }

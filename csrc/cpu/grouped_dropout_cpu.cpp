@@ -6,9 +6,10 @@
 // is any strided function of the element's position. The kernels walk memory
 // order; no mask is stored: decisions are drawn per run, a Philox block at a time.
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include "../dropout_math.h"
-#include "../entry_points.h"
+#include "../decisions.h"
 #include "element_walk.h"
 #include "op_helpers.h"
 #include "transform.h"
@@ -164,9 +165,8 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
       const bool rows_done =
           parallel_uniform_rows(layout, index.base, rng, threshold,
                                 [&](int64_t row, int64_t rows, const uint16_t* bits) {
-                                  transform_uniform_rows(out + row * outer_out[0], outer_out[0],
-                                                         in + row * outer_in[0], outer_in[0], row_size, rows, bits,
-                                                         compare, affine, factors);
+                                  transform_uniform_rows(out + row * outer_out[0], outer_out[0], in + row * outer_in[0],
+                                                         outer_in[0], row_size, rows, bits, compare, affine, factors);
                                 }) ||
           parallel_shared_rows(layout, index.base, rng, threshold,
                                [&](int64_t o, int64_t row, int64_t rows, const uint16_t* bits) {
@@ -182,8 +182,8 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
                             scalar_t* o = out + at[0] + done * out_stride;
                             const scalar_t* i = in + at[1] + done * in_stride;
                             if (uniform) {
-                              transform_uniform_run(o, out_stride, i, in_stride, count,
-                                                    is_kept(bits[0], compare), affine, factors);
+                              transform_uniform_run(o, out_stride, i, in_stride, count, is_kept(bits[0], compare),
+                                                    affine, factors);
                             } else {
                               transform_run(o, out_stride, i, in_stride, bits, count, compare, affine, factors);
                             }
@@ -202,10 +202,11 @@ auto grouped_kernel(Variant variant, double p, int64_t group_dims) {
 // Decisions at any strided index (indexed_dropout).
 auto indexed_kernel(Variant variant, double p, const DecisionIndex& index) {
   return [variant, p, &index](const at::Tensor& input, at::Tensor& output, RngState rng) {
-    for_each_layout_slice<2>({output, input}, index, kMaxLayoutDims, [&](const auto& t, const DecisionIndex& slice_index) {
-      at::Tensor slice_output = t[0];
-      run_grouped(variant, p, slice_index, t[1], slice_output, rng);
-    });
+    for_each_layout_slice<2>({output, input}, index, kMaxLayoutDims,
+                             [&](const auto& t, const DecisionIndex& slice_index) {
+                               at::Tensor slice_output = t[0];
+                               run_grouped(variant, p, slice_index, t[1], slice_output, rng);
+                             });
   };
 }
 
@@ -217,42 +218,49 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
     const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
     auto make = [&samples](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
-        const auto factors = dropout_factors<scalar_t>(variant, p);
-        scalar_t* out = t[0].template data_ptr<scalar_t>();
-        const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
-        const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
-        const int64_t ro = layout.strides[0][0], ri = layout.strides[1][0], rr = layout.strides[2][0];
-        const bool rows_done = parallel_uniform_rows(
-            layout, 0, rng, threshold, [&](int64_t row, int64_t rows, const uint16_t* bits) {
-              add_uniform_rows(out + row * ro, ro, in + row * ri, ri, res + row * rr, rr, layout.inner_size(), rows,
-                               bits, compare, factors);
-            });
-        if (rows_done) return;
-        parallel_group_runs(layout, branch.numel(), 0, rng, threshold,
-                            [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
-                              scalar_t* o = out + at[0] + done * so;
-                              const scalar_t* i = in + at[1] + done * si;
-                              const scalar_t* r = res + at[2] + done * sr;
-                              if (uniform) {
-                                add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], compare), factors);
-                                return;
-                              }
-                              // Samples change within the run (a layout with the batch dim innermost).
-                              for (int64_t k = 0; k < count; ++k) {
-                                add_uniform_run(o + k * so, so, i + k * si, si, r + k * sr, sr, 1,
-                                                is_kept(bits[k], compare), factors);
-                              }
-                            });
-      });
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
+            const auto factors = dropout_factors<scalar_t>(variant, p);
+            scalar_t* out = t[0].template data_ptr<scalar_t>();
+            const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+            const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+            const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
+            const int64_t ro = layout.strides[0][0], ri = layout.strides[1][0], rr = layout.strides[2][0];
+            const bool rows_done =
+                parallel_uniform_rows(layout, 0, rng, threshold, [&](int64_t row, int64_t rows, const uint16_t* bits) {
+                  add_uniform_rows(out + row * ro, ro, in + row * ri, ri, res + row * rr, rr, layout.inner_size(), rows,
+                                   bits, compare, factors);
+                });
+            if (rows_done) return;
+            parallel_group_runs(
+                layout, branch.numel(), 0, rng, threshold,
+                [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
+                  scalar_t* o = out + at[0] + done * so;
+                  const scalar_t* i = in + at[1] + done * si;
+                  const scalar_t* r = res + at[2] + done * sr;
+                  if (uniform) {
+                    add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], compare), factors);
+                    return;
+                  }
+                  // Samples change within the run (a layout with the batch dim innermost).
+                  for (int64_t k = 0; k < count; ++k) {
+                    add_uniform_run(o + k * so, so, i + k * si, si, r + k * sr, sr, 1, is_kept(bits[k], compare),
+                                    factors);
+                  }
+                });
+          });
     });
   };
 }
 
 }  // namespace
 
-FASTDROP_GROUPED_ENTRY_POINTS
-FASTDROP_INDEXED_ENTRY_POINTS
+#include "../entry_points/grouped.inc"
+#include "../entry_points/indexed.inc"
 
 }  // namespace fastdrop::cpu
+
+TORCH_LIBRARY_IMPL(fastdrop, CPU, m) {
+  fastdrop::cpu::register_grouped_kernels(m);
+  fastdrop::cpu::register_indexed_kernels(m);
+}

@@ -1,6 +1,5 @@
-// The shape every CPU operator shares: check, draw (seed, offset) from the
-// generator, run the kernel, return the output and its rng_state; in-place and
-// backward variants of the same.
+// The CPU's draw of (seed, offset), and its Device for the operators' shape
+// (op_shape.h): the kernels run on the host, and skip empty tensors.
 #pragma once
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -8,7 +7,10 @@
 
 #include <mutex>
 
-#include "../fastdrop.h"
+#include "../checks.h"
+#include "../op_shape.h"
+#include "../layout_builder.h"
+#include "../rng_state.h"
 
 namespace fastdrop::cpu {
 
@@ -20,40 +22,19 @@ inline RngState draw_rng_state(const std::optional<at::Generator>& generator) {
   return {gen->random64(), 0};
 }
 
-// kernel(input, output, rng) writes the output, which takes the memory
-// format of `like` (the input, or the residual of the fused residual forms).
-template <typename Kernel>
-std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& input, double p,
-                                              const std::optional<at::Generator>& generator, const Kernel& kernel,
-                                              const at::Tensor& like = at::Tensor()) {
-  check_floating_input(input, op);
-  check_probability(p);
-  const RngState rng = draw_rng_state(generator);
-  at::Tensor output = at::empty_like(like.defined() ? like : input);
-  if (input.numel() > 0) kernel(input, output, rng);
-  return {output, rng_state_tensor_cpu(rng)};
-}
+// The CPU's side of the operators' shape (op_shape.h).
+struct Device {
+  struct Guard {
+    explicit Guard(const at::Tensor&) {}
+  };
+  static bool skips_kernel(const at::Tensor& tensor, bool) { return tensor.numel() == 0; }
 
-template <typename Kernel>
-at::Tensor inplace_op(const char* op, at::Tensor& input, double p, const std::optional<at::Generator>& generator,
-                      const Kernel& kernel) {
-  check_floating_input(input, op);
-  check_probability(p);
-  at::assert_no_internal_overlap(input);
-  const RngState rng = draw_rng_state(generator);
-  if (input.numel() > 0) kernel(input, input, rng);
-  return rng_state_tensor_cpu(rng);
-}
-
-template <typename Kernel>
-at::Tensor backward_op(const char* op, const at::Tensor& grad, const at::Tensor& rng_state, double p,
-                       const Kernel& kernel) {
-  check_floating_input(grad, op);
-  check_probability(p);
-  check_rng_state(rng_state, grad, op);
-  at::Tensor grad_input = at::empty_like(grad);
-  if (grad.numel() > 0) kernel(grad, grad_input, read_rng_state_cpu(rng_state));
-  return grad_input;
-}
+  static std::pair<RngState, at::Tensor> draw(const at::Tensor&, const std::optional<at::Generator>& generator) {
+    const RngState rng = draw_rng_state(generator);
+    return {rng, rng_state_tensor_cpu(rng)};
+  }
+  static RngState recorded(const at::Tensor& rng_state) { return read_rng_state_cpu(rng_state); }
+  static void check_no_overlap(const at::Tensor& input) { at::assert_no_internal_overlap(input); }
+};
 
 }  // namespace fastdrop::cpu

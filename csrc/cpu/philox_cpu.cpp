@@ -17,8 +17,7 @@
 namespace fastdrop::cpu {
 namespace {
 
-void fill_scalar(uint64_t seed, uint64_t column, uint64_t first_block, int64_t num_blocks,
-                 uint16_t* out) {
+void fill_scalar(uint64_t seed, uint64_t column, uint64_t first_block, int64_t num_blocks, uint16_t* out) {
   const PhiloxBlock counter_base = {{static_cast<uint32_t>(column), static_cast<uint32_t>(column >> 32), 0, 0}};
   for (int64_t k = 0; k < num_blocks; ++k) {
     const uint64_t block = first_block + static_cast<uint64_t>(k);
@@ -48,7 +47,7 @@ void block_index_halves(uint64_t first_block, int lanes, uint32_t* lo, uint32_t*
 constexpr int kVectorsInFlight = 4;
 
 __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t column, uint64_t first_block,
-                                                     int64_t num_blocks, uint16_t* out) {
+                                                    int64_t num_blocks, uint16_t* out) {
   constexpr int kLanes = 16, kStep = kLanes * kVectorsInFlight;
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -104,8 +103,8 @@ __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t colu
   fill_scalar(seed, column, first_block + static_cast<uint64_t>(k), num_blocks - k, out + kElementsPerBlock * k);
 }
 
-__attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, uint64_t first_block,
-                                                int64_t num_blocks, uint16_t* out) {
+__attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, uint64_t first_block, int64_t num_blocks,
+                                               uint16_t* out) {
   constexpr int kLanes = 8, kStep = kLanes * kVectorsInFlight;
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));

@@ -8,8 +8,7 @@ namespace fastdrop::cpu {
 
 // out[8 * k + lane] = element_bits(Philox block {counter_column, first_block + k}, lane)
 // for k in [0, num_blocks); counter_column is the generator offset / 4.
-void fill_element_bits(uint64_t seed, uint64_t counter_column, uint64_t first_block,
-                       int64_t num_blocks, uint16_t* out);
+void fill_element_bits(uint64_t seed, uint64_t counter_column, uint64_t first_block, int64_t num_blocks, uint16_t* out);
 
 // Which SIMD variant fill_element_bits uses on this machine ("avx512", "avx2" or "scalar").
 const char* fill_element_bits_isa();

@@ -59,8 +59,8 @@ FASTDROP_ALWAYS_INLINE void shared_rows_loop(scalar_t* out, int64_t out_row_stri
 template <bool kBias, typename scalar_t>
 FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
                                              const scalar_t* residual, int64_t residual_stride, const scalar_t* bias,
-                                             int64_t bias_stride, const uint16_t* bits, int64_t count,
-                                             uint32_t compare, DropoutFactors<scalar_t> factors) {
+                                             int64_t bias_stride, const uint16_t* bits, int64_t count, uint32_t compare,
+                                             DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     scalar_t value = in[i * in_stride];
     if constexpr (kBias) value = add_elements(value, bias[i * bias_stride]);
@@ -90,24 +90,24 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
 // in one call, so that a short row (an 8x8 feature map) costs no call and no setup of its own:
 // row r decided by row_bits[r] (uniform rows), or every row by the same per-element bits (shared rows:
 // a channels_last pixel's channels).
-#define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                           \
-  void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count,              \
-                            uint32_t compare, bool affine, DropoutFactors<scalar_t> factors);           \
-  void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,     \
-                                    DropoutFactors<scalar_t> factors);                                    \
-  void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,  \
-                              const uint16_t* bits, int64_t count, uint32_t compare,                           \
-                              DropoutFactors<scalar_t> factors);                                          \
-  void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count,         \
-                              bool kept, DropoutFactors<scalar_t> factors);                               \
-  void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,   \
-                              int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare,       \
-                              bool affine, DropoutFactors<scalar_t> factors);                             \
-  void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,    \
-                             int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine, \
-                             DropoutFactors<scalar_t> factors);                                           \
-  void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,         \
-                        const scalar_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,   \
+#define FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS(scalar_t)                                                                \
+  void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits, int64_t count, uint32_t compare,  \
+                            bool affine, DropoutFactors<scalar_t> factors);                                            \
+  void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,          \
+                                    DropoutFactors<scalar_t> factors);                                                 \
+  void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,       \
+                              const uint16_t* bits, int64_t count, uint32_t compare,                                   \
+                              DropoutFactors<scalar_t> factors);                                                       \
+  void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count, bool kept,   \
+                              DropoutFactors<scalar_t> factors);                                                       \
+  void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,        \
+                              int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine, \
+                              DropoutFactors<scalar_t> factors);                                                       \
+  void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,         \
+                             int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,      \
+                             DropoutFactors<scalar_t> factors);                                                        \
+  void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,              \
+                        const scalar_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,         \
                         const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
@@ -138,10 +138,9 @@ void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in
 
 // bias: nullptr for dropout_add.
 template <typename scalar_t>
-void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
-                     const scalar_t* residual, int64_t residual_stride, const scalar_t* bias, int64_t bias_stride,
-                     const uint16_t* bits, int64_t count, uint32_t compare,
-                     DropoutFactors<scalar_t> factors) {
+void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const scalar_t* residual,
+                     int64_t residual_stride, const scalar_t* bias, int64_t bias_stride, const uint16_t* bits,
+                     int64_t count, uint32_t compare, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1 && (bias == nullptr || bias_stride == 1)) {
     add_dropout_contiguous(out, in, residual, bias, bits, count, compare, factors);
   } else if (bias != nullptr) {
@@ -154,9 +153,8 @@ void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int6
 }
 
 template <typename scalar_t>
-void add_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
-                     const scalar_t* residual, int64_t residual_stride, int64_t count, bool kept,
-                     DropoutFactors<scalar_t> factors) {
+void add_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const scalar_t* residual,
+                     int64_t residual_stride, int64_t count, bool kept, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1) {
     add_uniform_contiguous(out, in, residual, count, kept, factors);
   } else {

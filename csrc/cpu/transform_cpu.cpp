@@ -9,68 +9,63 @@
 
 namespace fastdrop::cpu {
 
-#define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                            \
-  FASTDROP_CPU_CLONES void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits,          \
-                                                int64_t count, uint32_t compare, bool affine,                   \
-                                                DropoutFactors<scalar_t> factors) {                        \
-    if (affine) {                                                                                                 \
-      transform_loop<true>(out, 1, in, 1, bits, count, compare, factors);                                       \
-    } else {                                                                                                      \
-      transform_loop<false>(out, 1, in, 1, bits, count, compare, factors);                                      \
-    }                                                                                                             \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count,         \
-                                                        bool kept, bool affine,                                   \
-                                                        DropoutFactors<scalar_t> factors) {                \
-    if (affine) {                                                                                                 \
-      transform_uniform_loop<true>(out, 1, in, 1, count, kept, factors);                                          \
-    } else {                                                                                                      \
-      transform_uniform_loop<false>(out, 1, in, 1, count, kept, factors);                                         \
-    }                                                                                                             \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,     \
-                                                  const scalar_t* bias, const uint16_t* bits, int64_t count,      \
-                                                  uint32_t compare, DropoutFactors<scalar_t> factors) {  \
-    if (bias != nullptr) {                                                                                        \
-      add_dropout_loop<true>(out, 1, in, 1, residual, 1, bias, 1, bits, count, compare, factors);              \
-    } else {                                                                                                      \
-      add_dropout_loop<false>(out, 1, in, 1, residual, 1, bias, 0, bits, count, compare, factors);             \
-    }                                                                                                             \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,     \
-                                                  int64_t count, bool kept,                                       \
-                                                  DropoutFactors<scalar_t> factors) {                      \
-    add_uniform_loop(out, 1, in, 1, residual, 1, count, kept, factors);                                           \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,      \
-                                                  int64_t in_row_stride, int64_t row_size, int64_t rows,          \
-                                                  const uint16_t* row_bits, uint32_t compare, bool affine,        \
-                                                  DropoutFactors<scalar_t> factors) {                      \
-    if (affine) {                                                                                                 \
-      uniform_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors); \
-    } else {                                                                                                      \
-      uniform_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors); \
-    }                                                                                                             \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,       \
-                                                 int64_t in_row_stride, int64_t row_size, int64_t rows,           \
-                                                 const uint16_t* bits, uint32_t compare, bool affine,             \
-                                                 DropoutFactors<scalar_t> factors) {                       \
-    if (affine) {                                                                                                 \
-      shared_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);     \
-    } else {                                                                                                      \
-      shared_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);    \
-    }                                                                                                             \
-  }                                                                                                               \
-  FASTDROP_CPU_CLONES void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in,            \
-                                            int64_t in_row_stride, const scalar_t* residual,                      \
-                                            int64_t residual_row_stride, int64_t row_size, int64_t rows,          \
-                                            const uint16_t* row_bits, uint32_t compare,                           \
-                                            DropoutFactors<scalar_t> factors) {                            \
-    for (int64_t r = 0; r < rows; ++r) {                                                                          \
-      add_uniform_loop(out + r * out_row_stride, 1, in + r * in_row_stride, 1, residual + r * residual_row_stride, \
-                       1, row_size, is_kept(row_bits[r], compare), factors);                                      \
-    }                                                                                                             \
+#define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                                \
+  FASTDROP_CPU_CLONES void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits,              \
+                                                int64_t count, uint32_t compare, bool affine,                         \
+                                                DropoutFactors<scalar_t> factors) {                                   \
+    if (affine) {                                                                                                     \
+      transform_loop<true>(out, 1, in, 1, bits, count, compare, factors);                                             \
+    } else {                                                                                                          \
+      transform_loop<false>(out, 1, in, 1, bits, count, compare, factors);                                            \
+    }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept,  \
+                                                        bool affine, DropoutFactors<scalar_t> factors) {              \
+    if (affine) {                                                                                                     \
+      transform_uniform_loop<true>(out, 1, in, 1, count, kept, factors);                                              \
+    } else {                                                                                                          \
+      transform_uniform_loop<false>(out, 1, in, 1, count, kept, factors);                                             \
+    }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,        \
+                                                  const scalar_t* bias, const uint16_t* bits, int64_t count,          \
+                                                  uint32_t compare, DropoutFactors<scalar_t> factors) {               \
+    if (bias != nullptr) {                                                                                            \
+      add_dropout_loop<true>(out, 1, in, 1, residual, 1, bias, 1, bits, count, compare, factors);                     \
+    } else {                                                                                                          \
+      add_dropout_loop<false>(out, 1, in, 1, residual, 1, bias, 0, bits, count, compare, factors);                    \
+    }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,        \
+                                                  int64_t count, bool kept, DropoutFactors<scalar_t> factors) {       \
+    add_uniform_loop(out, 1, in, 1, residual, 1, count, kept, factors);                                               \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void transform_uniform_rows(                                                                    \
+      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,             \
+      int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {      \
+    if (affine) {                                                                                                     \
+      uniform_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);    \
+    } else {                                                                                                          \
+      uniform_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);   \
+    }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void transform_shared_rows(                                                                     \
+      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,             \
+      int64_t rows, const uint16_t* bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {          \
+    if (affine) {                                                                                                     \
+      shared_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);         \
+    } else {                                                                                                          \
+      shared_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);        \
+    }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void add_uniform_rows(                                                                          \
+      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, const scalar_t* residual,     \
+      int64_t residual_row_stride, int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare,        \
+      DropoutFactors<scalar_t> factors) {                                                                             \
+    for (int64_t r = 0; r < rows; ++r) {                                                                              \
+      add_uniform_loop(out + r * out_row_stride, 1, in + r * in_row_stride, 1, residual + r * residual_row_stride, 1, \
+                       row_size, is_kept(row_bits[r], compare), factors);                                             \
+    }                                                                                                                 \
   }
 FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(float)
 FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(double)
@@ -200,8 +195,8 @@ FASTDROP_CPU_CLONES void scale_rows(float* x, int64_t row_size, int64_t rows, co
   }
 }
 
-FASTDROP_CPU_CLONES void add_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* row_bits,
-                                  uint32_t compare, float keep_add, float drop_add) {
+FASTDROP_CPU_CLONES void add_rows(float* x, int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare,
+                                  float keep_add, float drop_add) {
   for (int64_t r = 0; r < rows; ++r) {
     const float row_add = is_kept(row_bits[r], compare) ? keep_add : drop_add;
     for (int64_t i = 0; i < row_size; ++i) x[r * row_size + i] = x[r * row_size + i] + row_add;
@@ -228,8 +223,8 @@ FASTDROP_CPU_CLONES void add_shared_rows(float* x, int64_t row_size, int64_t row
 // Adjacent short rows a chunk of whole rows at a time: scale(x, first_row, rows) multiplies a chunk in
 // float, shift(...) adds the affine part after the product's rounding to fp16.
 template <typename Scale, typename Shift>
-void in_row_chunks(c10::Half* out, const c10::Half* in, int64_t row_size, int64_t rows, bool affine,
-                   const Scale& scale, const Shift& shift) {
+void in_row_chunks(c10::Half* out, const c10::Half* in, int64_t row_size, int64_t rows, bool affine, const Scale& scale,
+                   const Shift& shift) {
   alignas(64) float x[kHalfChunk];
   const int64_t rows_per_chunk = kHalfChunk / row_size;
   for (int64_t r = 0; r < rows; r += rows_per_chunk) {
@@ -269,8 +264,7 @@ void transform_shared_rows(c10::Half* out, int64_t out_row_stride, const c10::Ha
                            DropoutFactors<c10::Half> factors) {
   if (!adjacent_short_rows(out_row_stride, in_row_stride, row_size)) {
     for (int64_t r = 0; r < rows; ++r) {
-      transform_contiguous(out + r * out_row_stride, in + r * in_row_stride, bits, row_size, compare, affine,
-                           factors);
+      transform_contiguous(out + r * out_row_stride, in + r * in_row_stride, bits, row_size, compare, affine, factors);
     }
     return;
   }

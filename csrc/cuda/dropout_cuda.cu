@@ -6,9 +6,10 @@
 // aligned; any other layout goes through an IndexMap, one multiply-shift per
 // dim and pack. Backward regenerates the mask from rng_state.
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include "../dropout_math.h"
-#include "../entry_points.h"
+#include "../decisions.h"
 #include "index_map.cuh"
 #include "op_helpers.cuh"
 #include "pack.cuh"
@@ -98,8 +99,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, bool kAffine, int kOperands>
 __global__ void __launch_bounds__(kThreads)
     elementwise_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
-                               StridedMap<kOperands> map, int64_t numel, KernelRng rng_source,
-                               DropThreshold threshold, DropoutFactors<scalar_t> factors) {
+                               StridedMap<kOperands> map, int64_t numel, KernelRng rng_source, DropThreshold threshold,
+                               DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   // One element, its operands at out_at, in_at, residual_at, bias_at.
@@ -145,10 +146,11 @@ __global__ void __launch_bounds__(kThreads)
 int grid_for(int64_t numel) { return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads); }
 
 template <typename scalar_t, bool kAffine, int kOperands>
-void launch_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in,
-                    const scalar_t* residual, const scalar_t* bias, int64_t numel, const KernelRng& rng,
-                    const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
-  FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), elementwise_strided_kernel<scalar_t, kAffine, kOperands>)(
+void launch_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in, const scalar_t* residual,
+                    const scalar_t* bias, int64_t numel, const KernelRng& rng, const DropThreshold& threshold,
+                    const DropoutFactors<scalar_t>& factors) {
+  FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
+                  elementwise_strided_kernel<scalar_t, kAffine, kOperands>)(
       out, in, residual, bias, StridedMap<kOperands>(layout), numel, rng, threshold, factors);
   check_launch();
 }
@@ -188,8 +190,8 @@ auto elementwise_kernel(Variant variant, double p) {
             launch_strided<scalar_t, kAffine>(layout, out, in, nullptr, nullptr, numel, rng, threshold, factors);
             return;
           }
-          FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), elementwise_contiguous_kernel<scalar_t, kAffine>)(
-              in, out, numel, rng, threshold, factors);
+          FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
+                          elementwise_contiguous_kernel<scalar_t, kAffine>)(in, out, numel, rng, threshold, factors);
           check_launch();
         });
       });
@@ -204,8 +206,8 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
     const int64_t numel = input.numel();
     const int64_t columns = bias.defined() ? input.size(-1) : 1;
     // The contiguous kernel reads the bias a pack at a time: a row of whole packs, aligned.
-    const bool bias_packs =
-        !bias.defined() || (bias.is_contiguous() && columns % kElementsPerBlock == 0 && is_16_byte_aligned(bias.const_data_ptr()));
+    const bool bias_packs = !bias.defined() || (bias.is_contiguous() && columns % kElementsPerBlock == 0 &&
+                                                is_16_byte_aligned(bias.const_data_ptr()));
     auto launch = [&](auto tensors) {
       constexpr int kTensors = static_cast<int>(std::tuple_size_v<decltype(tensors)>);
       constexpr bool kBias = kTensors == 4;
@@ -216,20 +218,23 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
         return fast(t) ? elementwise_layout<kTensors>(t) : kernel_layout<kTensors>(t);
       };
       with_layout<kTensors>(tensors, make, [&](const StridedLayout<kTensors>& layout, const auto& t) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cuda", [&] {
-          const auto factors = dropout_factors<scalar_t>(Variant::kDropout, p);
-          scalar_t* out = t[0].template data_ptr<scalar_t>();
-          const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-          const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
-          const scalar_t* b = kBias ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
-          if (!fast(t)) {
-            launch_strided<scalar_t, false>(layout, out, in, res, b, numel, rng, threshold, factors);
-            return;
-          }
-          FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(), add_dropout_contiguous_kernel<scalar_t, kBias>)(
-              in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold, factors);
-          check_launch();
-        });
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cuda", [&] {
+              const auto factors = dropout_factors<scalar_t>(Variant::kScaleOpMath, p);
+              scalar_t* out = t[0].template data_ptr<scalar_t>();
+              const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+              const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+              const scalar_t* b = kBias ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
+              if (!fast(t)) {
+                launch_strided<scalar_t, false>(layout, out, in, res, b, numel, rng, threshold, factors);
+                return;
+              }
+              FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
+                              add_dropout_contiguous_kernel<scalar_t, kBias>)(
+                  in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold,
+                  factors);
+              check_launch();
+            });
       });
     };
     if (bias.defined()) {
@@ -242,6 +247,14 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
 
 }  // namespace
 
-FASTDROP_ELEMENTWISE_ENTRY_POINTS
+#include "../entry_points/elementwise.inc"
 
 }  // namespace fastdrop::cuda
+
+// A CUDA build registers the kernels for CUDA tensors; the emulated device's
+// build (tests/emulated_cuda.py) for the CPU tensors of its own namespace.
+#if defined(FASTDROP_EMULATE_CUDA)
+TORCH_LIBRARY_IMPL(fastdrop_emulated, CPU, m) { fastdrop::cuda::register_elementwise_kernels(m); }
+#else
+TORCH_LIBRARY_IMPL(fastdrop, CUDA, m) { fastdrop::cuda::register_elementwise_kernels(m); }
+#endif

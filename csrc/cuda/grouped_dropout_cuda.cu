@@ -8,9 +8,10 @@
 // read 8 consecutive channels' decisions from one Philox block
 // (channels_last); any other layout locates each pack through an IndexMap.
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include "../dropout_math.h"
-#include "../entry_points.h"
+#include "../decisions.h"
 #include "index_map.cuh"
 #include "op_helpers.cuh"
 #include "pack.cuh"
@@ -37,7 +38,6 @@ struct DenseGroups {
   }
 
   __device__ __forceinline__ uint64_t of(int32_t index) const { return static_cast<uint64_t>(base) + relative(index); }
-
 };
 
 // Dense rows of one group each (an NCHW channel, a sample, the whole batch):
@@ -57,12 +57,14 @@ __global__ void __launch_bounds__(kThreads)
     const bool kept = keeps_group(groups.of(first), threshold, rng);
     Pack8<scalar_t> x = load_pack(in + first);
 #pragma unroll
-    for (int lane = 0; lane < kElementsPerBlock; ++lane) x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept, factors);
+    for (int lane = 0; lane < kElementsPerBlock; ++lane)
+      x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept, factors);
     store_pack(out + first, x);
   }
   if (!takes_partial_pack(pack, full_packs, numel)) return;
   const bool kept = keeps_group(groups.of(full_packs * kElementsPerBlock), threshold, rng);  // a single row: one group
-  for_partial_pack(full_packs, numel, [&](int32_t index, int) { out[index] = apply_dropout<kAffine>(in[index], kept, factors); });
+  for_partial_pack(full_packs, numel,
+                   [&](int32_t index, int) { out[index] = apply_dropout<kAffine>(in[index], kept, factors); });
 }
 
 // Dense channels-innermost tensors (channels_last): memory order [A, B, C],
@@ -92,16 +94,19 @@ __global__ void __launch_bounds__(kThreads)
     const uint64_t block = layout.first_block + a * layout.block_stride + channel_pack;
     bool kept[kElementsPerBlock];
     decide_pack(contract_block(rng.seed, rng.offset, block), threshold, rng, block * kElementsPerBlock, kept);
-    const int64_t first = ((static_cast<int64_t>(a) * layout.pixels + pixel) * channel_packs + channel_pack) * kElementsPerBlock;
+    const int64_t first =
+        ((static_cast<int64_t>(a) * layout.pixels + pixel) * channel_packs + channel_pack) * kElementsPerBlock;
     Pack8<scalar_t> x = load_pack(in + first);
 #pragma unroll
-    for (int lane = 0; lane < kElementsPerBlock; ++lane) x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept[lane], factors);
+    for (int lane = 0; lane < kElementsPerBlock; ++lane)
+      x.value[lane] = apply_dropout<kAffine>(x.value[lane], kept[lane], factors);
     store_pack(out + first, x);
     if (pixel + 1 < layout.pixels) {  // the next pixel: the same channels, the same decisions
       const int64_t second = first + static_cast<int64_t>(channel_packs) * kElementsPerBlock;
       Pack8<scalar_t> y = load_pack(in + second);
 #pragma unroll
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) y.value[lane] = apply_dropout<kAffine>(y.value[lane], kept[lane], factors);
+      for (int lane = 0; lane < kElementsPerBlock; ++lane)
+        y.value[lane] = apply_dropout<kAffine>(y.value[lane], kept[lane], factors);
       store_pack(out + second, y);
     }
   }
@@ -131,7 +136,8 @@ __global__ void __launch_bounds__(kThreads)
   if (!takes_partial_pack(pack, full_packs, numel)) return;
   const bool kept = keeps_group(groups.of(full_packs * kElementsPerBlock), threshold, rng);  // a single row: one group
   for_partial_pack(full_packs, numel, [&](int32_t index, int) {
-    out[index] = kept ? add_elements(residual[index], apply_dropout<false>(branch[index], true, factors)) : residual[index];
+    out[index] =
+        kept ? add_elements(residual[index], apply_dropout<false>(branch[index], true, factors)) : residual[index];
   });
 }
 
@@ -164,7 +170,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t first = pack * kElementsPerBlock;
     int32_t at[kOperands];
     const int32_t inner = map.locate(static_cast<int32_t>(first), at);
-    if (!rare(!one_group_per_row || inner + kElementsPerBlock > map.inner_size() || first + kElementsPerBlock > numel)) {
+    if (!rare(!one_group_per_row || inner + kElementsPerBlock > map.inner_size() ||
+              first + kElementsPerBlock > numel)) {
       const bool kept = keeps_group(static_cast<uint64_t>(group_base + at[kGroup]), threshold, rng);
       scalar_t* o = out + at[0];
       const scalar_t* x = in + at[1];
@@ -304,12 +311,14 @@ void launch_grouped_strided(const StridedLayout<kOperands>& layout, int64_t inde
   auto fits = [](const StridedLayout<kOperands>& piece, int64_t count) {
     return fits_strided_map(piece, count, kOperands - 1);
   };
-  for_each_piece(layout, numel, first_offsets<kOperands>(index_base), fits, [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
-    FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(), grouped_strided_kernel<scalar_t, kAffine, kOperands>)(
-        out + base[0], in + base[1], kOperands == 4 ? residual + base[2] : nullptr, StridedMap<kOperands>(piece),
-        base[kOperands - 1], count, rng, threshold, factors);
-    check_launch();
-  });
+  for_each_piece(layout, numel, first_offsets<kOperands>(index_base), fits,
+                 [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
+                   FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(),
+                                   grouped_strided_kernel<scalar_t, kAffine, kOperands>)(
+                       out + base[0], in + base[1], kOperands == 4 ? residual + base[2] : nullptr,
+                       StridedMap<kOperands>(piece), base[kOperands - 1], count, rng, threshold, factors);
+                   check_launch();
+                 });
 }
 
 // The grouped layout where the kernels take it: up to 4 dims, any size or
@@ -346,20 +355,23 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
                                                     factors);
           return;
         }
-        for_each_piece(layout, numel, first_offsets<3>(index.base), fits_dense_groups<3>, [&](const StridedLayout<3>& piece, const auto& base, int64_t count) {
-          const int grid = grid_for(count);
-          const cudaStream_t stream = current_stream();
-          if (rows) {
-            FASTDROP_LAUNCH(grid, kThreads, stream, grouped_rows_kernel<scalar_t, kAffine>)(
-                in + base[1], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng, threshold,
-                factors);
-          } else {
-            const auto [pairs, units] = channel_pairs(piece, base[2]);
-            FASTDROP_LAUNCH(grid_size(units, kThreads), kThreads, stream, grouped_channels_kernel<scalar_t, kAffine>)(
-                in + base[1], out + base[0], pairs, static_cast<int32_t>(units), rng, threshold, factors);
-          }
-          check_launch();
-        });
+        for_each_piece(layout, numel, first_offsets<3>(index.base), fits_dense_groups<3>,
+                       [&](const StridedLayout<3>& piece, const auto& base, int64_t count) {
+                         const int grid = grid_for(count);
+                         const cudaStream_t stream = current_stream();
+                         if (rows) {
+                           FASTDROP_LAUNCH(grid, kThreads, stream, grouped_rows_kernel<scalar_t, kAffine>)(
+                               in + base[1], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count),
+                               rng, threshold, factors);
+                         } else {
+                           const auto [pairs, units] = channel_pairs(piece, base[2]);
+                           FASTDROP_LAUNCH(grid_size(units, kThreads), kThreads, stream,
+                                           grouped_channels_kernel<scalar_t, kAffine>)(
+                               in + base[1], out + base[0], pairs, static_cast<int32_t>(units), rng, threshold,
+                               factors);
+                         }
+                         check_launch();
+                       });
       });
     });
   });
@@ -379,10 +391,11 @@ auto indexed_kernel(Variant variant, double p, const DecisionIndex& index) {
       run_grouped(variant, p, index, input, output, rng);
       return;
     }
-    for_each_layout_slice<2>({output, input}, index, StridedMap<3>::kDims, [&](const auto& t, const DecisionIndex& slice_index) {
-      at::Tensor slice_output = t[0];
-      run_grouped(variant, p, slice_index, t[1], slice_output, rng);
-    });
+    for_each_layout_slice<2>({output, input}, index, StridedMap<3>::kDims,
+                             [&](const auto& t, const DecisionIndex& slice_index) {
+                               at::Tensor slice_output = t[0];
+                               run_grouped(variant, p, slice_index, t[1], slice_output, rng);
+                             });
   };
 }
 
@@ -393,31 +406,47 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
     const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
     auto make = [&samples](const std::array<at::Tensor, 3>& t) { return kernel_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
-        const auto factors = dropout_factors<scalar_t>(variant, p);
-        const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
-        const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
-        scalar_t* out = t[0].template data_ptr<scalar_t>();
-        const bool dense = dense_alike(t[0], {&t[1], &t[2]}) &&
-                           dense_rows(layout);
-        if (!dense) {
-          launch_grouped_strided<scalar_t, false>(layout, 0, out, x, r, numel, rng, threshold, factors);
-          return;
-        }
-        for_each_piece(layout, numel, Offsets<4>{}, fits_dense_groups<4>, [&](const StridedLayout<4>& piece, const auto& base, int64_t count) {
-          FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(), drop_path_add_dense_kernel<scalar_t>)(
-              x + base[1], r + base[2], out + base[0], dense_groups_of(piece, base), static_cast<int32_t>(count), rng,
-              threshold, factors);
-          check_launch();
-        });
-      });
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
+            const auto factors = dropout_factors<scalar_t>(variant, p);
+            const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
+            const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
+            scalar_t* out = t[0].template data_ptr<scalar_t>();
+            const bool dense = dense_alike(t[0], {&t[1], &t[2]}) && dense_rows(layout);
+            if (!dense) {
+              launch_grouped_strided<scalar_t, false>(layout, 0, out, x, r, numel, rng, threshold, factors);
+              return;
+            }
+            for_each_piece(layout, numel, Offsets<4>{}, fits_dense_groups<4>,
+                           [&](const StridedLayout<4>& piece, const auto& base, int64_t count) {
+                             FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(),
+                                             drop_path_add_dense_kernel<scalar_t>)(
+                                 x + base[1], r + base[2], out + base[0], dense_groups_of(piece, base),
+                                 static_cast<int32_t>(count), rng, threshold, factors);
+                             check_launch();
+                           });
+          });
     });
   };
 }
 
 }  // namespace
 
-FASTDROP_GROUPED_ENTRY_POINTS
-FASTDROP_INDEXED_ENTRY_POINTS
+#include "../entry_points/grouped.inc"
+#include "../entry_points/indexed.inc"
 
 }  // namespace fastdrop::cuda
+
+// A CUDA build registers the kernels for CUDA tensors; the emulated device's
+// build (tests/emulated_cuda.py) for the CPU tensors of its own namespace.
+#if defined(FASTDROP_EMULATE_CUDA)
+TORCH_LIBRARY_IMPL(fastdrop_emulated, CPU, m) {
+  fastdrop::cuda::register_grouped_kernels(m);
+  fastdrop::cuda::register_indexed_kernels(m);
+}
+#else
+TORCH_LIBRARY_IMPL(fastdrop, CUDA, m) {
+  fastdrop::cuda::register_grouped_kernels(m);
+  fastdrop::cuda::register_indexed_kernels(m);
+}
+#endif

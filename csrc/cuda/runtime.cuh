@@ -44,7 +44,7 @@ inline void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 // Reserves one Philox counter column of the input's device generator and
 // allocates the rng_state the kernel will record it in.
 inline KernelRng draw_rng(const at::Tensor& like, const std::optional<at::Generator>& generator,
-                             at::Tensor& rng_state) {
+                          at::Tensor& rng_state) {
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator(like.device().index()));
   rng_state = at::empty({2}, like.options().dtype(at::kLong));
@@ -69,6 +69,8 @@ inline int grid_size(int64_t work_items, int threads_per_block) {
 
 namespace fastdrop::cuda {
 
-inline KernelRng recorded_rng(const at::Tensor& rng_state) { return {{}, nullptr, rng_state.const_data_ptr<int64_t>()}; }
+inline KernelRng recorded_rng(const at::Tensor& rng_state) {
+  return {{}, nullptr, rng_state.const_data_ptr<int64_t>()};
+}
 
 }  // namespace fastdrop::cuda

@@ -31,14 +31,14 @@ int check_bulk_generator() {
         const fastdrop::PhiloxBlock block = fastdrop::contract_block(seed, 4 * column, first + k);
         for (int lane = 0; lane < 8; ++lane) {
           EXPECT(expected[8 * k + lane] == fastdrop::element_bits(block, lane), "scalar fill, block %llu",
-                static_cast<unsigned long long>(first + k));
+                 static_cast<unsigned long long>(first + k));
           ++checks;
         }
       }
       for (const char* isa : {"avx2", "avx512"}) {
         if (!fastdrop::cpu::fill_element_bits_using(isa, seed, column, first, count, actual.data())) continue;
         EXPECT(actual == expected, "%s fill differs from scalar at first=%llu count=%lld", isa,
-              static_cast<unsigned long long>(first), static_cast<long long>(count));
+               static_cast<unsigned long long>(first), static_cast<long long>(count));
         ++checks;
       }
     }
@@ -101,12 +101,11 @@ int check_half_conversions() {
     for (int64_t count : {int64_t(floats.size()), int64_t(floats.size()) - 3}) {
       if (!fastdrop::cpu::float_to_half_using(isa, floats.data(), narrowed.data(), count)) continue;
       for (int64_t i = 0; i < count; ++i) {
-        const bool same = std::isnan(floats[i])
-                              ? std::isnan(static_cast<float>(narrowed[i])) &&
-                                    (narrowed[i].x >> 15) == (float_bits(floats[i]) >> 31)
-                              : half_bits(narrowed[i]) == half_bits(expected_half[i]);
-        EXPECT(same, "%s: float 0x%08x narrowed to 0x%04x, c10 gives 0x%04x", isa, float_bits(floats[i]),
-               narrowed[i].x, expected_half[i].x);
+        const bool same = std::isnan(floats[i]) ? std::isnan(static_cast<float>(narrowed[i])) &&
+                                                      (narrowed[i].x >> 15) == (float_bits(floats[i]) >> 31)
+                                                : half_bits(narrowed[i]) == half_bits(expected_half[i]);
+        EXPECT(same, "%s: float 0x%08x narrowed to 0x%04x, c10 gives 0x%04x", isa, float_bits(floats[i]), narrowed[i].x,
+               expected_half[i].x);
         ++checks;
       }
     }
@@ -126,14 +125,14 @@ struct VariantUnderTest {
 };
 
 const VariantUnderTest kVariants[] = {
-    {"dropout", fastdrop::cpu::dropout, fastdrop::cpu::dropout_backward, fastdrop::Variant::kDropout,
-     fastdrop::Variant::kDropout, false},
+    {"dropout", fastdrop::cpu::dropout, fastdrop::cpu::dropout_backward, fastdrop::Variant::kScaleOpMath,
+     fastdrop::Variant::kScaleOpMath, false},
     {"alpha_dropout", fastdrop::cpu::alpha_dropout, fastdrop::cpu::alpha_dropout_backward,
-     fastdrop::Variant::kAlphaDropout, fastdrop::Variant::kAlphaDropoutGradient, false},
+     fastdrop::Variant::kAlphaAffine, fastdrop::Variant::kAlphaScale, false},
     {"feature_dropout", fastdrop::cpu::feature_dropout, fastdrop::cpu::feature_dropout_backward,
-     fastdrop::Variant::kFeatureDropout, fastdrop::Variant::kFeatureDropout, true},
+     fastdrop::Variant::kScaleRounded, fastdrop::Variant::kScaleRounded, true},
     {"feature_alpha_dropout", fastdrop::cpu::feature_alpha_dropout, fastdrop::cpu::feature_alpha_dropout_backward,
-     fastdrop::Variant::kAlphaDropout, fastdrop::Variant::kAlphaDropoutGradient, true},
+     fastdrop::Variant::kAlphaAffine, fastdrop::Variant::kAlphaScale, true},
 };
 
 // Every element of forward and backward against the single-element contract.
@@ -158,7 +157,8 @@ int check_variant(const VariantUnderTest& variant, const at::Tensor& input, doub
     const scalar_t xi = x.const_data_ptr<scalar_t>()[i];
     const scalar_t expected = affine ? fastdrop::apply_dropout<true>(xi, kept, forward_factors)
                                      : fastdrop::apply_dropout<false>(xi, kept, forward_factors);
-    const scalar_t expected_grad = fastdrop::apply_dropout<false>(g.const_data_ptr<scalar_t>()[i], kept, backward_factors);
+    const scalar_t expected_grad =
+        fastdrop::apply_dropout<false>(g.const_data_ptr<scalar_t>()[i], kept, backward_factors);
     const double actual = static_cast<double>(y.const_data_ptr<scalar_t>()[i]);
     const double actual_grad = static_cast<double>(gx.const_data_ptr<scalar_t>()[i]);
     EXPECT(actual == static_cast<double>(expected), "%s element %lld of %lld: %g != %g (p=%g)", variant.name,
@@ -189,7 +189,8 @@ int check_dtype(at::ScalarType dtype) {
     checks += check_variant<scalar_t>(variant, grid.slice(1, 1, 10, 2), 0.3);
     checks += check_variant<scalar_t>(
         variant, at::randn({4, 3, 9, 9}).to(dtype).contiguous(at::MemoryFormat::ChannelsLast), 0.5);
-    checks += check_variant<scalar_t>(variant, at::randn({2, 3, 2, 3, 2, 3, 2, 3, 2, 3}).to(dtype).transpose(0, 9), 0.5);
+    checks +=
+        check_variant<scalar_t>(variant, at::randn({2, 3, 2, 3, 2, 3, 2, 3, 2, 3}).to(dtype).transpose(0, 9), 0.5);
   }
   return checks;
 }

@@ -23,7 +23,7 @@ static std::vector<KnownAnswer> read_vectors(const char* path) {
     std::string name, rounds;
     if (!(fields >> name >> rounds) || name != "philox4x32" || rounds != "10") continue;
     KnownAnswer v;
-    uint32_t* slots[10] = {&v.counter[0], &v.counter[1], &v.counter[2], &v.counter[3], &v.key[0],
+    uint32_t* slots[10] = {&v.counter[0], &v.counter[1],  &v.counter[2],  &v.counter[3],  &v.key[0],
                            &v.key[1],     &v.expected[0], &v.expected[1], &v.expected[2], &v.expected[3]};
     bool complete = true;
     for (uint32_t* slot : slots) complete = complete && static_cast<bool>(fields >> std::hex >> *slot);

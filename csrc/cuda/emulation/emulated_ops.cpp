@@ -32,8 +32,7 @@ void run_grid(dim3 grid, dim3 block, void (*thread_body)(void*), void* context) 
   // CUDA's launch limits: a launch beyond them fails on a GPU.
   TORCH_CHECK(block.x >= 1 && block.y >= 1 && block.z >= 1 && uint64_t(block.x) * block.y * block.z <= 1024,
               "emulated CUDA launch: invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
-  TORCH_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
-                  grid.z <= 65535,
+  TORCH_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535,
               "emulated CUDA launch: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
   TORCH_CHECK(grid.y == 1 && grid.z == 1 && block.y == 1 && block.z == 1,
               "emulated CUDA launch: fastdrop's kernels are one-dimensional");
@@ -78,15 +77,11 @@ int64_t launches() { return settings().launches; }
 
 TORCH_LIBRARY(fastdrop_emulated, m) {
   fastdrop::define_operators(m);
-  m.def("configure(int blocks=0, int threads=0, str order='forward', int shuffle_seed=0, int multiprocessors=132, "
-        "int philox_offset=0, bool graph_capture=False, int max_kernel_index=2147483647) -> ()",
-        &fastdrop::cuda::emulation::configure);
+  m.def(
+      "configure(int blocks=0, int threads=0, str order='forward', int shuffle_seed=0, int multiprocessors=132, "
+      "int philox_offset=0, bool graph_capture=False, int max_kernel_index=2147483647) -> ()",
+      &fastdrop::cuda::emulation::configure);
   m.def("launches() -> int", &fastdrop::cuda::emulation::launches);
 }
 
-TORCH_LIBRARY_IMPL(fastdrop_emulated, CPU, m) {
-  namespace device = fastdrop::cuda;
-  FASTDROP_VARIANTS(FASTDROP_REGISTER_VARIANT)
-  FASTDROP_REGISTER_RESIDUAL_OPS
-  FASTDROP_REGISTER_INDEXED_OPS
-}
+// The kernels themselves register with fastdrop_emulated in the .cu files.

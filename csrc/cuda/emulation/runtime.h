@@ -30,9 +30,9 @@ struct Settings {
   uint64_t shuffle_seed = 0;
   int multiprocessors = 132;  // an H100 / H200
   uint64_t philox_offset = 0;
-  bool graph_capture = false;  // the state in the form a captured graph passes it
+  bool graph_capture = false;            // the state in the form a captured graph passes it
   int64_t max_kernel_index = INT32_MAX;  // lower: small tensors take big ones' paths (pieces, copies)
-  int64_t launches = 0;        // kernels run so far
+  int64_t launches = 0;                  // kernels run so far
 };
 
 Settings& settings();
@@ -51,7 +51,10 @@ struct Launch {
     auto call = std::make_tuple(body, args...);
     using Call = decltype(call);
     run_grid(
-        grid, block, [](void* context) { std::apply([](const auto& kernel, const auto&... a) { kernel(a...); }, *static_cast<Call*>(context)); },
+        grid, block,
+        [](void* context) {
+          std::apply([](const auto& kernel, const auto&... a) { kernel(a...); }, *static_cast<Call*>(context));
+        },
         &call);
   }
 };
@@ -84,7 +87,7 @@ inline void check_launch() {}
 // would give it: by value, or (graph capture) through pointers to the seed and
 // the offset at capture plus the offset within the graph.
 inline KernelRng draw_rng(const at::Tensor& like, const std::optional<at::Generator>& generator,
-                             at::Tensor& rng_state) {
+                          at::Tensor& rng_state) {
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
   uint64_t seed;
   {

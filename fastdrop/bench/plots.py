@@ -24,11 +24,15 @@ def plot_families(records, roofline, folder, device, families):
         for row, op in enumerate(ops):
             for column, direction in enumerate(("fwd", "fwd+bwd")):
                 axis = axes[row][column]
-                cases = sorted((r for r in family_records if r["op"] == op and r["direction"] == direction),
-                               key=lambda r: r["numel"])
+                cases = sorted(
+                    (r for r in family_records if r["op"] == op and r["direction"] == direction),
+                    key=lambda r: r["numel"],
+                )
                 names = list(dict.fromkeys(name for r in cases for name in r["seconds"]))
                 for name in names:
-                    points = [(r["numel"], r["bytes"] / r["seconds"][name] / 1e9) for r in cases if name in r["seconds"]]
+                    points = [
+                        (r["numel"], r["bytes"] / r["seconds"][name] / 1e9) for r in cases if name in r["seconds"]
+                    ]
                     style = dict(linewidth=2.5, color="black") if name == "fastdrop" else dict(linewidth=1.2)
                     axis.plot(*zip(*points), marker="o", markersize=3, label=name, **style)
                 axis.axhline(roofline / 1e9, linestyle="--", color="grey", label="copy roofline")

@@ -105,8 +105,14 @@ def op_table(records, roofline):
         if fastdrop_seconds is None:
             continue
         bandwidth = r["bytes"] / fastdrop_seconds
-        row = [r["dtype"], size_label(r["numel"]), r["direction"], f"{fastdrop_seconds * 1e3:.3f}",
-               f"{bandwidth / 1e9:.1f}", f"{bandwidth / roofline:.0%}"]
+        row = [
+            r["dtype"],
+            size_label(r["numel"]),
+            r["direction"],
+            f"{fastdrop_seconds * 1e3:.3f}",
+            f"{bandwidth / 1e9:.1f}",
+            f"{bandwidth / roofline:.0%}",
+        ]
         for name in peer_names:
             row.append(f"{s[name] / fastdrop_seconds:.2f}x" if name in s else "n/a")
         saved = r["saved_bytes"]
@@ -148,8 +154,13 @@ def main(argv=None):
     print(f"copy roofline (a large copy, bytes read + written): {roofline / 1e9:.1f} GB/s; p = 0.1 everywhere")
     print(f"torch.compile peers: {compile_note}\n")
 
-    cases = [(op, dtype, 1 << e, direction) for op in ops for dtype in dtypes for e in exps
-             for direction in ("fwd", "fwd+bwd")]
+    cases = [
+        (op, dtype, 1 << e, direction)
+        for op in ops
+        for dtype in dtypes
+        for e in exps
+        for direction in ("fwd", "fwd+bwd")
+    ]
     if args.host_only:
         cases = []
     records = []
@@ -182,17 +193,31 @@ def main(argv=None):
 
     if args.json:
         with open(args.json, "w") as out:
-            host_records = [{"op": label, "direction": direction, "peer": peer, "fastdrop_seconds": ours,
-                             "peer_seconds": theirs} for label, direction, peer, ours, theirs in host]
-            json.dump({"machine": machine, "device": device.type, "roofline_bytes_per_second": roofline,
-                       "compile": compile_note, "p": 0.1, "records": records, "host_overhead": host_records},
-                      out, indent=1)
+            host_records = [
+                {"op": label, "direction": direction, "peer": peer, "fastdrop_seconds": ours, "peer_seconds": theirs}
+                for label, direction, peer, ours, theirs in host
+            ]
+            json.dump(
+                {
+                    "machine": machine,
+                    "device": device.type,
+                    "roofline_bytes_per_second": roofline,
+                    "compile": compile_note,
+                    "p": 0.1,
+                    "records": records,
+                    "host_overhead": host_records,
+                },
+                out,
+                indent=1,
+            )
     if args.markdown:
         with open(args.markdown, "w") as out:
-            out.write(f"# fastdrop.bench on {device.type}\n\n{machine}\n\n"
-                      f"Copy roofline: {roofline / 1e9:.1f} GB/s (read + write). torch.compile peers: {compile_note}. "
-                      "Speedups are peer time / fastdrop time; saved bytes are what autograd keeps for backward.\n\n"
-                      f"{report}\n")
+            out.write(
+                f"# fastdrop.bench on {device.type}\n\n{machine}\n\n"
+                f"Copy roofline: {roofline / 1e9:.1f} GB/s (read + write). torch.compile peers: {compile_note}. "
+                "Speedups are peer time / fastdrop time; saved bytes are what autograd keeps for backward.\n\n"
+                f"{report}\n"
+            )
     if args.plots:
         from .plots import plot_families
 

@@ -3,8 +3,14 @@
 from dataclasses import dataclass
 
 FASTEST = "the fastest peer"  # every peer of the op, eager and torch.compile, the fastest in each measurement
-GROUPED = ("dropout2d", "dropout2d_channels_last", "feature_alpha_dropout", "feature_alpha_dropout_channels_last",
-           "drop_path", "drop_path_add")
+GROUPED = (
+    "dropout2d",
+    "dropout2d_channels_last",
+    "feature_alpha_dropout",
+    "feature_alpha_dropout_channels_last",
+    "drop_path",
+    "drop_path_add",
+)
 CPU_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -21,21 +27,32 @@ class Target:
 
 
 TARGETS = [
-    *[Target("cpu", op, direction, size, size, "torch", minimum)
-      for op in ("dropout", "alpha_dropout") for direction in ("fwd", "fwd+bwd")
-      for size, minimum in ((1 << 20, 10.0), (1 << 24, 5.0))],
+    *[
+        Target("cpu", op, direction, size, size, "torch", minimum)
+        for op in ("dropout", "alpha_dropout")
+        for direction in ("fwd", "fwd+bwd")
+        for size, minimum in ((1 << 20, 10.0), (1 << 24, 5.0))
+    ],
     Target("cpu", "dropout", "fwd", 1 << 24, 1 << 24, "x.clone()", 1 / 1.5),  # within 1.5x of a clone
     # A grouped op moves what a broadcast multiply over a tiny noise tensor moves: never slower than
     # any peer, and 1.5x where torch's bernoulli, div and extra allocations show.
-    *[Target("cpu", op, direction, low, high, FASTEST, minimum, CPU_DTYPES)
-      for op in GROUPED for direction in ("fwd", "fwd+bwd")
-      for low, high, minimum in ((1 << 10, 1 << 20, 1.5), (1 << 22, 1 << 26, 1.0))],
-    *[Target("cpu", op, direction, 1, None, peer, 5.0)
-      for op, peer in (("dropout_add", "torch"), ("bias_dropout_add", "Megatron"))
-      for direction in ("fwd", "fwd+bwd")],
+    *[
+        Target("cpu", op, direction, low, high, FASTEST, minimum, CPU_DTYPES)
+        for op in GROUPED
+        for direction in ("fwd", "fwd+bwd")
+        for low, high, minimum in ((1 << 10, 1 << 20, 1.5), (1 << 22, 1 << 26, 1.0))
+    ],
+    *[
+        Target("cpu", op, direction, 1, None, peer, 5.0)
+        for op, peer in (("dropout_add", "torch"), ("bias_dropout_add", "Megatron"))
+        for direction in ("fwd", "fwd+bwd")
+    ],
     Target("cuda", "dropout", "fwd+bwd", 1 << 26, None, "torch", 1.25),
-    *[Target("cuda", op, direction, 1 << 26, None, "torch", 3.0)
-      for op in ("alpha_dropout", "dropout2d", "feature_alpha_dropout") for direction in ("fwd", "fwd+bwd")],
+    *[
+        Target("cuda", op, direction, 1 << 26, None, "torch", 3.0)
+        for op in ("alpha_dropout", "dropout2d", "feature_alpha_dropout")
+        for direction in ("fwd", "fwd+bwd")
+    ],
     Target("cuda", "drop_path_add", "fwd+bwd", 1 << 26, None, "timm", 2.0),
     Target("cuda", "drop_path_add", "fwd+bwd", 1 << 26, None, "timm+compile", 1.0),
 ]
@@ -51,7 +68,7 @@ def peer_seconds(record, peer):
 
 
 def size_text(target):
-    low = "2^%d" % (target.low.bit_length() - 1)
+    low = f"2^{target.low.bit_length() - 1}"
     if target.high == target.low:
         return low
     if target.high is None:
@@ -66,10 +83,15 @@ def verdicts(records, device):
         if target.device != device:
             continue
         covered = [
-            r for r in records
-            if r["op"] == target.op and r["direction"] == target.direction and r["numel"] >= target.low
-            and (target.high is None or r["numel"] <= target.high) and "fastdrop" in r["seconds"]
-            and peer_seconds(r, target.peer) is not None and (device != "cpu" or r["dtype"] in target.dtypes)
+            r
+            for r in records
+            if r["op"] == target.op
+            and r["direction"] == target.direction
+            and r["numel"] >= target.low
+            and (target.high is None or r["numel"] <= target.high)
+            and "fastdrop" in r["seconds"]
+            and peer_seconds(r, target.peer) is not None
+            and (device != "cpu" or r["dtype"] in target.dtypes)
         ]
         if not covered:
             continue

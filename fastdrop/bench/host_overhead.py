@@ -8,8 +8,8 @@ The ratio is fastdrop's median time over the peer's, side by side in one
 process; the target is at most 1.0 everywhere (0.7 is the aim).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,26 +41,72 @@ def _bias_case(name, fastdrop_call, peer_name, peer_call):
 
 CASES = [
     HostCase("dropout", (64,), 1, lambda x: FD.dropout(x, P), "F.dropout", lambda x: F.dropout(x, P)),
-    HostCase("dropout (in place)", (64,), 1, lambda x: FD.dropout(x, P, inplace=True), "F.dropout",
-             lambda x: F.dropout(x, P, inplace=True), inplace=True),
-    HostCase("alpha_dropout", (64,), 1, lambda x: FD.alpha_dropout(x, P, True), "F.alpha_dropout",
-             lambda x: F.alpha_dropout(x, P, True)),
+    HostCase(
+        "dropout (in place)",
+        (64,),
+        1,
+        lambda x: FD.dropout(x, P, inplace=True),
+        "F.dropout",
+        lambda x: F.dropout(x, P, inplace=True),
+        inplace=True,
+    ),
+    HostCase(
+        "alpha_dropout",
+        (64,),
+        1,
+        lambda x: FD.alpha_dropout(x, P, True),
+        "F.alpha_dropout",
+        lambda x: F.alpha_dropout(x, P, True),
+    ),
     HostCase("dropout1d", (2, 4, 8), 1, lambda x: FD.dropout1d(x, P), "F.dropout1d", lambda x: F.dropout1d(x, P)),
     HostCase("dropout2d", (1, 4, 4, 4), 1, lambda x: FD.dropout2d(x, P), "F.dropout2d", lambda x: F.dropout2d(x, P)),
-    HostCase("dropout3d", (1, 2, 2, 4, 4), 1, lambda x: FD.dropout3d(x, P), "F.dropout3d",
-             lambda x: F.dropout3d(x, P)),
-    HostCase("feature_alpha_dropout", (1, 4, 4, 4), 1, lambda x: FD.feature_alpha_dropout(x, P, True),
-             "F.feature_alpha_dropout", lambda x: F.feature_alpha_dropout(x, P, True)),
-    HostCase("drop_path", (4, 4, 4), 1, lambda x: FD.drop_path(x, P, True), "timm drop_path",
-             lambda x: peers.timm_drop_path(x, P)),
-    HostCase("stochastic_depth", (4, 4, 4), 1, lambda x: FD.stochastic_depth(x, P, "row"),
-             "torchvision stochastic_depth", lambda x: peers.torchvision_stochastic_depth(x, P, "row")),
-    HostCase("drop_path_add", (4, 4, 4), 2, lambda r, x: FD.drop_path_add(r, x, P), "r + timm drop_path(x)",
-             lambda r, x: peers.timm_drop_path_add(r, x, P)),
-    HostCase("dropout_add", (4, 16), 2, lambda r, x: FD.dropout_add(r, x, P), "r + F.dropout(x)",
-             lambda r, x: peers.eager_dropout_add(r, x, P)),
-    _bias_case("bias_dropout_add", lambda x, b, r: FD.bias_dropout_add(x, b, r, P), "r + F.dropout(x + b)",
-               lambda x, b, r: peers.megatron_bias_dropout_add(x, b, r, P)),
+    HostCase("dropout3d", (1, 2, 2, 4, 4), 1, lambda x: FD.dropout3d(x, P), "F.dropout3d", lambda x: F.dropout3d(x, P)),
+    HostCase(
+        "feature_alpha_dropout",
+        (1, 4, 4, 4),
+        1,
+        lambda x: FD.feature_alpha_dropout(x, P, True),
+        "F.feature_alpha_dropout",
+        lambda x: F.feature_alpha_dropout(x, P, True),
+    ),
+    HostCase(
+        "drop_path",
+        (4, 4, 4),
+        1,
+        lambda x: FD.drop_path(x, P, True),
+        "timm drop_path",
+        lambda x: peers.timm_drop_path(x, P),
+    ),
+    HostCase(
+        "stochastic_depth",
+        (4, 4, 4),
+        1,
+        lambda x: FD.stochastic_depth(x, P, "row"),
+        "torchvision stochastic_depth",
+        lambda x: peers.torchvision_stochastic_depth(x, P, "row"),
+    ),
+    HostCase(
+        "drop_path_add",
+        (4, 4, 4),
+        2,
+        lambda r, x: FD.drop_path_add(r, x, P),
+        "r + timm drop_path(x)",
+        lambda r, x: peers.timm_drop_path_add(r, x, P),
+    ),
+    HostCase(
+        "dropout_add",
+        (4, 16),
+        2,
+        lambda r, x: FD.dropout_add(r, x, P),
+        "r + F.dropout(x)",
+        lambda r, x: peers.eager_dropout_add(r, x, P),
+    ),
+    _bias_case(
+        "bias_dropout_add",
+        lambda x, b, r: FD.bias_dropout_add(x, b, r, P),
+        "r + F.dropout(x + b)",
+        lambda x, b, r: peers.megatron_bias_dropout_add(x, b, r, P),
+    ),
 ]
 
 MODULES = [
@@ -85,11 +131,14 @@ def _forward(call, tensors, inplace):
 
 def _forward_backward(call, tensors, inplace, grad):
     if inplace:
+
         def step():
             call(tensors[0] * 1.0).backward(grad)
     else:
+
         def step():
             call(*tensors).backward(grad)
+
     return step
 
 
@@ -104,11 +153,15 @@ def measure(device="cpu", budget=0.3):
             for direction in ("fwd", "fwd+bwd"):
                 tensors = _inputs(case, device, requires_grad=direction == "fwd+bwd")
                 if direction == "fwd":
-                    candidates = {"fastdrop": _forward(case.fastdrop, tensors, case.inplace),
-                                  "peer": _forward(case.peer, tensors, case.inplace)}
+                    candidates = {
+                        "fastdrop": _forward(case.fastdrop, tensors, case.inplace),
+                        "peer": _forward(case.peer, tensors, case.inplace),
+                    }
                 else:
-                    candidates = {"fastdrop": _forward_backward(case.fastdrop, tensors, case.inplace, grad),
-                                  "peer": _forward_backward(case.peer, tensors, case.inplace, grad)}
+                    candidates = {
+                        "fastdrop": _forward_backward(case.fastdrop, tensors, case.inplace, grad),
+                        "peer": _forward_backward(case.peer, tensors, case.inplace, grad),
+                    }
                 seconds = compare(candidates, "cpu", budget)  # wall time of the call, whatever the device
                 results.append((case.name, direction, case.peer_name, seconds["fastdrop"], seconds["peer"]))
         for label, shape, make_ours, make_theirs in MODULES:
@@ -120,8 +173,10 @@ def measure(device="cpu", budget=0.3):
                 if direction == "fwd":
                     candidates = {"fastdrop": lambda: ours(x), "peer": lambda: theirs(x)}
                 else:
-                    candidates = {"fastdrop": lambda: ours(x_grad).backward(grad),
-                                  "peer": lambda: theirs(x_grad).backward(grad)}
+                    candidates = {
+                        "fastdrop": lambda: ours(x_grad).backward(grad),
+                        "peer": lambda: theirs(x_grad).backward(grad),
+                    }
                 seconds = compare(candidates, "cpu", budget)
                 results.append((label, direction, f"torch.{label}", seconds["fastdrop"], seconds["peer"]))
         return results
@@ -138,11 +193,15 @@ def table(results):
         "|---|---|---|---|---|---|",
     ]
     for label, direction, peer_name, ours, theirs in results:
-        lines.append(f"| {label} | {direction} | {peer_name} | {ours * 1e6:.1f} | {theirs * 1e6:.1f} | "
-                     f"{ours / theirs:.2f} |")
+        lines.append(
+            f"| {label} | {direction} | {peer_name} | {ours * 1e6:.1f} | {theirs * 1e6:.1f} | {ours / theirs:.2f} |"
+        )
     worst = max(ours / theirs for _, _, _, ours, theirs in results)
     verdict = "met" if worst <= TARGET else "MISSED"
-    lines += ["", f"Target: every ratio at most {TARGET:g} (fastdrop time / peer time). Worst: {worst:.2f} ({verdict})."]
+    lines += [
+        "",
+        f"Target: every ratio at most {TARGET:g} (fastdrop time / peer time). Worst: {worst:.2f} ({verdict}).",
+    ]
     return "\n".join(lines)
 
 

@@ -1,6 +1,9 @@
-"""Every variant (dropout, alpha_dropout, feature_dropout, feature_alpha_dropout)
-against torch's arithmetic from the same mask, forward and backward, and the
-feature and alpha functionals and modules against torch's behaviour."""
+"""Channel dropout (dropout1d/2d/3d, feature_alpha_dropout) and alpha dropout:
+their functionals and modules against torch's behaviour (shape rules, warnings,
+eval, modules), and one harness that runs every variant (element-wise dropout
+too) against torch's arithmetic from the same mask, forward and backward, in
+every layout, in place, under gradcheck, opcheck and compile, and for every fp16
+value. (Element-wise dropout's own behaviour: test_dropout.py.)"""
 
 import math
 import warnings
@@ -10,7 +13,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import fastdrop
-import torch_reference as ref
+import oracle as ref
 from conftest import assert_identical, requires_cuda, saved_bytes
 
 F = fastdrop.functional
@@ -63,7 +66,9 @@ def test_every_layout_gets_the_contiguous_result(device, name):
 def test_channels_are_dropped_whole(device, name):
     x = torch.randn(8, 16, 5, 7, device=device)
     y, rng_state = getattr(ops, name)(x, 0.5)
-    dropped_value = ref.forward(name, torch.zeros(1, 1, 1, 1, device=device), torch.zeros(1, 1, 1, 1, dtype=torch.bool), 0.5)
+    dropped_value = ref.forward(
+        name, torch.zeros(1, 1, 1, 1, device=device), torch.zeros(1, 1, 1, 1, dtype=torch.bool), 0.5
+    )
     dropped = (y == dropped_value).flatten(2)
     whole = dropped.all(-1) | (~dropped).all(-1)
     assert whole.all()
@@ -181,7 +186,9 @@ def test_alpha_dropout_is_the_affine_torch_documents(device):
     y, rng_state = ops.alpha_dropout(x, p)
     kept = ref.variant_mask("alpha_dropout", rng_state, x.shape, p).to(device)
     torch.testing.assert_close(y[kept], a * x[kept] + ref.SELU_ALPHA * a * p, rtol=1e-15, atol=1e-15)
-    torch.testing.assert_close(y[~kept], torch.full_like(y[~kept], -ref.SELU_ALPHA * a * (1 - p)), rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(
+        y[~kept], torch.full_like(y[~kept], -ref.SELU_ALPHA * a * (1 - p)), rtol=1e-15, atol=1e-15
+    )
 
 
 # --------------------------------------------------------- in place, autograd ----
@@ -239,9 +246,7 @@ def test_opcheck_every_op(device):
         rng_state = getattr(ops, name)(x, 0.3)[1]
         torch.library.opcheck(getattr(ops, name).default, (x.clone().requires_grad_(), 0.3, None))
         torch.library.opcheck(getattr(ops, f"{name}_").default, (x.clone(), 0.3, None))
-        torch.library.opcheck(
-            getattr(ops, f"{name}_backward").default, (x.clone().requires_grad_(), rng_state, 0.3)
-        )
+        torch.library.opcheck(getattr(ops, f"{name}_backward").default, (x.clone().requires_grad_(), rng_state, 0.3))
 
 
 @pytest.mark.traces
@@ -288,7 +293,13 @@ def test_modules_match_torch_modules(name):
     with pytest.raises(ValueError, match="but got nan"):
         ours_cls(float("nan"))
     module = ours_cls(0.5)
-    x = torch.randn(4, 8, 6, 6, 3) if name == "Dropout3d" else torch.randn(4, 8, 6) if name == "Dropout1d" else torch.randn(4, 8, 6, 6)
+    x = (
+        torch.randn(4, 8, 6, 6, 3)
+        if name == "Dropout3d"
+        else torch.randn(4, 8, 6)
+        if name == "Dropout1d"
+        else torch.randn(4, 8, 6, 6)
+    )
     assert not torch.equal(module(x), x)
     module.eval()
     assert module(x) is x
@@ -325,24 +336,18 @@ def test_compile_fullgraph_through_the_warning_paths():
     assert_identical(compiled(x), eager)
 
 
-def every_half_value(shape, device, shift=0):
-    """All 65536 fp16 bit patterns (subnormals, infinities, NaNs) in `shape`, rolled by `shift`."""
-    bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).roll(shift)
-    return bits.view(torch.float16).reshape(shape).to(device)
-
-
 @pytest.mark.parametrize("name", VARIANT_NAMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_every_fp16_value_rounds_as_torch(device, name, layout):
     # Runs of 64 and 1 elements, and runs with one decision (per channel) or many: the fp16 chunk
     # loops (converted by the CPU's instructions) and the element loops.
-    x = every_half_value((16, 16, 16, 16), device)
+    x = ref.every_half_value((16, 16, 16, 16), device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     y, rng_state = getattr(ops, name)(x, 0.3)
     mask = ref.variant_mask(name, rng_state, x.shape, 0.3)
     assert_identical(y, ref.forward(name, x.detach(), mask, 0.3))
-    grad = every_half_value(x.shape, device, shift=12345)
+    grad = ref.every_half_value(x.shape, device, shift=12345)
     (x_grad,) = torch.autograd.grad(y, x, grad)
     assert_identical(x_grad, ref.backward(name, grad, mask, 0.3))

@@ -71,9 +71,11 @@ class Case:
 
     def _step(self, fn):
         if not self.backward:
+
             def forward():
                 with torch.no_grad():
                     fn(*self.inputs.next())
+
             return forward
 
         def forward_backward():
@@ -81,6 +83,7 @@ class Case:
             fn(*inputs).backward(self.grad)
             for tensor in inputs:
                 tensor.grad = None
+
         return forward_backward
 
     def run(self, budget_seconds):

@@ -2,8 +2,8 @@
 replaces, and the bytes it must move (each input read once, each output
 written once; benchmarks/README.md explains each count)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -164,9 +164,9 @@ OPS = [
 ]
 
 
-
 def in_channels_last(op):
     """The same op, measured on channels_last inputs."""
+
     def inputs(shape, dtype, device):
         return tuple(t.contiguous(memory_format=torch.channels_last) for t in op.inputs(shape, dtype, device))
 

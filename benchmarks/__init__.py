@@ -1,1 +1,0 @@
-"""fastdrop's benchmarks against torch's native ops (run: python -m fastdrop.bench)."""
