@@ -14,7 +14,23 @@
 #include "cpu/half_cpu.h"
 #include "cpu/philox_cpu.h"
 #include "dropout_math.h"
-#include "fastdrop.h"
+#include "rng_state.h"
+
+// The CPU entry points under test (defined by csrc/entry_points/*.inc in the
+// CPU kernel files; declared here, where they are called directly).
+namespace fastdrop::cpu {
+std::tuple<at::Tensor, at::Tensor> dropout(const at::Tensor& input, double p, std::optional<at::Generator> generator);
+at::Tensor dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+std::tuple<at::Tensor, at::Tensor> alpha_dropout(const at::Tensor& input, double p,
+                                                 std::optional<at::Generator> generator);
+at::Tensor alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+std::tuple<at::Tensor, at::Tensor> feature_dropout(const at::Tensor& input, double p,
+                                                   std::optional<at::Generator> generator);
+at::Tensor feature_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+std::tuple<at::Tensor, at::Tensor> feature_alpha_dropout(const at::Tensor& input, double p,
+                                                         std::optional<at::Generator> generator);
+at::Tensor feature_alpha_dropout_backward(const at::Tensor& grad, const at::Tensor& rng_state, double p);
+}  // namespace fastdrop::cpu
 
 namespace {
 
