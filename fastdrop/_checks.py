@@ -152,3 +152,31 @@ def channel_dropout_rank(input, spatial_dims):
                 "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
                 "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs)."
             )
+
+
+def noise_shape(noise_shape, shape, function):
+    """Which dims share one decision: one entry per dim of the input, 1 where the
+    decision is shared along that dim, the input's size or None where it is not
+    (TF/Keras's noise_shape). An explicit 1 on a dim of size 1 counts as shared:
+    it matters where that dim is the batch dim of a batch slice."""
+    if isinstance(noise_shape, (str, bytes)) or not hasattr(noise_shape, "__len__"):
+        raise TypeError(f"{function}: noise_shape must be a sequence of ints, but got {_type_name(noise_shape)}")
+    if len(noise_shape) != len(shape):
+        raise ValueError(
+            f"{function}: noise_shape must have one entry per dim of the input ({len(shape)}), "
+            f"but got {list(noise_shape)} for an input of shape {list(shape)}"
+        )
+    shared = []
+    for d, (entry, size) in enumerate(zip(noise_shape, shape)):
+        if entry is None:
+            shared.append(False)
+            continue
+        if isinstance(entry, bool) or not isinstance(entry, (int, torch.SymInt)):
+            raise TypeError(f"{function}: noise_shape[{d}] must be an int or None, but got {_type_name(entry)}")
+        if entry != 1 and entry != size:
+            raise ValueError(
+                f"{function}: noise_shape[{d}] must be 1 or the input's size {size}, but got {entry} "
+                f"(noise_shape {list(noise_shape)}, input shape {list(shape)})"
+            )
+        shared.append(entry == 1)
+    return shared

@@ -4,7 +4,7 @@ warnings of torch.nn.functional (and timm's and torchvision's drop path)."""
 import torch
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
-from . import _C, _checks
+from . import _C, _checks, _decisions
 from . import distributed as _distributed
 from ._ops import ops
 
@@ -60,10 +60,81 @@ def _in_batch_slice(input):
     return _distributed._batch is not None
 
 
-def _run(name, function, input, p, training, inplace, generator):
+def _noise_decisions(input, noise, function):
+    """indexed_dropout's strides and base for a noise shape: one decision per
+    index of the noise shape (row-major), shared along its dims of 1. None where
+    no decision is shared (the plain element-wise operator)."""
+    shared = _checks.noise_shape(noise, input.shape, function)
+    shape, offsets = list(input.shape), [0] * input.dim()
+    if (type(input) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(input):
+        # Rows of a global batch: the decisions of the global shape, from the rows' offsets.
+        shape, offsets = _distributed._batch.place(shape)
+    if not any(is_shared and size > 1 for is_shared, size in zip(shared, shape)):
+        return None
+    noise = [1 if is_shared else size for is_shared, size in zip(shared, shape)]
+    strides = [0 if is_shared else stride for is_shared, stride in zip(shared, _decisions.row_major(noise))]
+    return strides, sum(offset * stride for offset, stride in zip(offsets, strides))
+
+
+def _as_channels(input, strides):
+    """The dims permutation that puts the dims with decisions (at most two, in
+    order) first, as the (N, C) of a channel dropout, or None where there are more.
+    Channel dropout decides (n, c) at n * C + c: the same row-major index over
+    those dims that the noise shape gives, so its grouped kernels (and their
+    fast paths for rows and channels_last pixels) serve."""
+    decided = [d for d, stride in enumerate(strides) if stride != 0 and input.shape[d] > 1]
+    if len(decided) > 2:
+        return None
+    rest = [d for d in range(input.dim()) if d not in decided]
+    return decided, rest
+
+
+def _shared_noise(name, input, p, inplace, generator, decisions):
+    """dropout / alpha_dropout with decisions shared along the noise shape's 1s,
+    scaled as torch's noise tensors scale (Dropout1d/2d/3d, drop path)."""
+    strides, base = decisions
+    # The strides of a DTensor or a batch slice are the whole tensor's: the indexed operator.
+    plain = type(input) is _Tensor and _distributed._batch is None
+    channels = _as_channels(input, strides) if plain else None
+    if channels is not None:
+        decided, rest = channels
+        view = input.permute(*decided, *rest)
+        for _ in range(2 - len(decided)):
+            view = view.unsqueeze(0)
+        result = _run(
+            "feature_dropout" if name == "dropout" else "feature_alpha_dropout",
+            "feature_dropout",
+            view,
+            p,
+            True,
+            inplace,
+            generator,
+        )
+        if inplace:
+            return input
+        for _ in range(2 - len(decided)):
+            result = result.squeeze(0)
+        order = [*decided, *rest]
+        return result.permute(*sorted(range(len(order)), key=order.__getitem__))
+    variant = "feature_dropout" if name == "dropout" else "alpha_dropout"
+    if inplace:
+        ops.indexed_dropout_(input, p, variant, strides, base, generator)
+        return input
+    return ops.indexed_dropout(input, p, variant, strides, base, generator)[0]
+
+
+def _run(name, function, input, p, training, inplace, generator, noise_shape=None):
     """Variant `name` of input; `function` is the name torch's errors give it."""
     p = _checks.probability(p, function)
     _checks.training_flag(training, function)
+    if noise_shape is not None:
+        if input.is_nested:
+            raise RuntimeError(f"fastdrop.{name}: noise_shape is not supported for nested tensors")
+        decisions = _noise_decisions(input, noise_shape, f"fastdrop.{name}")
+        if decisions is not None:
+            if not training or p == 0.0 or input.numel() == 0:
+                return input
+            return _shared_noise(name, input, p, inplace, generator, decisions)
     if input.is_nested:
         return input if not training or p == 0.0 else _nested(name, input, p, inplace, generator)
     if not training or p == 0.0 or input.numel() == 0:
@@ -80,7 +151,7 @@ def _run(name, function, input, p, training, inplace, generator):
     return getattr(ops, name)(input, p, generator)[0]
 
 
-def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
+def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, noise_shape=None):
     """Drop-in for torch.nn.functional.dropout, fused and mask-free.
 
     Each element is zeroed with probability p, decided by Philox from
@@ -89,26 +160,48 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     multiplied by 1 / (1 - p). Backward regenerates the mask instead of
     saving it. In eval mode, or for p == 0 or an empty input, the input itself
     is returned, as torch does.
+
+    noise_shape (TF/Keras's argument; Flax's broadcast_dims): one entry per dim
+    of the input, 1 where one decision is shared along that dim, else the
+    input's size (or None). One decision per index of the noise shape; kept
+    elements are scaled as torch's noise tensors scale them (1 / (1 - p) in the
+    input's dtype), so (N, C, 1, 1) is dropout2d and (N, 1, ..., 1) drop path,
+    bit for bit. (1, B, H) on (T, B, H) is locked (variational) dropout.
     """
     if has_torch_function_unary(input):  # torch.fx's Proxy, and tensor-likes that override torch functions
         return handle_torch_function(
-            dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+            dropout,
+            (input,),
+            input,
+            p=p,
+            training=training,
+            inplace=inplace,
+            generator=generator,
+            noise_shape=noise_shape,
         )
-    return _run("dropout", "dropout", input, p, training, inplace, generator)
+    return _run("dropout", "dropout", input, p, training, inplace, generator, noise_shape)
 
 
-def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):
+def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None, noise_shape=None):
     """Drop-in for torch.nn.functional.alpha_dropout (note: training=False by default, as in torch).
 
     Kept elements become a * x + alpha * a * p, dropped ones -alpha * a * (1 - p),
     with torch's alpha = 1.7580993408473766 and a = 1 / sqrt((alpha^2 p + 1)(1 - p)),
     so a zero-mean, unit-variance input keeps its mean and variance.
+    noise_shape: as for dropout; (N, C, 1, 1) is feature_alpha_dropout.
     """
     if has_torch_function_unary(input):
         return handle_torch_function(
-            alpha_dropout, (input,), input, p=p, training=training, inplace=inplace, generator=generator
+            alpha_dropout,
+            (input,),
+            input,
+            p=p,
+            training=training,
+            inplace=inplace,
+            generator=generator,
+            noise_shape=noise_shape,
         )
-    return _run("alpha_dropout", "alpha_dropout", input, p, training, inplace, generator)
+    return _run("alpha_dropout", "alpha_dropout", input, p, training, inplace, generator, noise_shape)
 
 
 def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None):

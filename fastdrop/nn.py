@@ -20,6 +20,7 @@ __all__ = [
     "DropPath",
     "StochasticDepth",
     "StochasticDepthBlock",
+    "LockedDropout",
 ]
 
 
@@ -158,3 +159,33 @@ class StochasticDepthBlock(_NotScriptable, torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+class LockedDropout(_FastdropMixin, torch.nn.Dropout):
+    """Locked (variational) dropout of sequences, AWD-LSTM's and PyTorch-NLP's:
+    one mask per sequence and feature, the same at every time step.
+
+    Input (T, B, *) (time first, as those libraries take it) or (B, T, *) with
+    batch_first=True; the decisions are shared along the time dim
+    (fastdrop.functional.dropout with noise_shape), and kept elements scaled by
+    1 / (1 - p) in the input's dtype. Eval mode returns the input itself.
+    """
+
+    def __init__(self, p: float = 0.5, batch_first: bool = False, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+        self.batch_first = bool(batch_first)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
+        if input.dim() < 2:
+            raise RuntimeError(
+                f"LockedDropout: expected an input with a time and a batch dim (at least 2-D), "
+                f"but got a {input.dim()}-D input"
+            )
+        noise_shape = [None] * input.dim()  # None: not shared (unambiguous where a dim has size 1)
+        noise_shape[1 if self.batch_first else 0] = 1
+        return F.dropout(input, self.p, self.training, self.inplace, noise_shape=noise_shape)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, batch_first={self.batch_first}, inplace={self.inplace}"

@@ -67,6 +67,8 @@ OPS = {
     "drop_path": ((7, 3, 4), lambda t: FD.drop_path(t, 0.5, True)),
     "drop_path_unscaled": ((7, 3, 4), lambda t: FD.drop_path(t, 0.5, True, scale_by_keep=False)),
     "stochastic_depth_batch": ((7, 3, 4), lambda t: FD.stochastic_depth(t, 0.5, "batch")),
+    "dropout_noise_shape": ((5, 6, 7), lambda t: FD.dropout(t, 0.4, noise_shape=(5, 1, 7))),
+    "alpha_dropout_noise_shape": ((5, 6, 7), lambda t: FD.alpha_dropout(t, 0.4, True, noise_shape=(1, 6, 7))),
 }
 
 

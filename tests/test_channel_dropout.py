@@ -52,6 +52,9 @@ def test_every_layout_gets_the_contiguous_result(device, name):
         base[:, :, :3],  # rows of one decision, apart in memory
         base[:1].contiguous(memory_format=torch.channels_last),  # one sample's pixels
         base[:, :, :, :1].contiguous(memory_format=torch.channels_last),
+        # channels_last rows longer than the bits buffer (2048): drawn in column chunks
+        torch.randn(2, 4500, 3, 2, device=device).contiguous(memory_format=torch.channels_last),
+        torch.randn(1, 4500, 3, 2, device=device).contiguous(memory_format=torch.channels_last),
     ]
     for x in layouts:
         torch.manual_seed(3)

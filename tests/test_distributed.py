@@ -7,6 +7,7 @@ each test here asserts one check's outcome in every rank.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import distributed_worker
+import fastdrop
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -27,12 +29,16 @@ TIMEOUT_S = 300
 
 def run_world(world, directory):
     worker = Path(distributed_worker.__file__)
+    # The ranks import the fastdrop this process tests (not another install's).
+    source = str(Path(fastdrop.__file__).resolve().parent.parent)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
     processes = [
         subprocess.Popen(
             [sys.executable, str(worker), str(rank), str(world), str(directory / "init"), str(directory / "out")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=environment,
         )
         for rank in range(world)
     ]
@@ -108,6 +114,7 @@ def test_batch_slice_rows_are_the_whole_batchs_rows():
         "drop_path_add": lambda t: FD.drop_path_add(t, t * 2, 0.5),
         "bias_dropout_add": lambda t: FD.bias_dropout_add(t, bias, t * 2, 0.5),
         "dropout_with_seed": lambda t: FD.dropout_with_seed(t, 0.5, seed=12, offset=4),
+        "noise_shape": lambda t: FD.dropout(t, 0.5, noise_shape=(None, 1, None)),
     }
     for name, function in cases.items():
         for dim in (0, 1):

@@ -93,28 +93,35 @@ bool parallel_uniform_rows(const StridedLayout<kOperands>& layout, int64_t base,
 
 // Layouts whose rows all take the same run of decisions, one per element, within each outer index
 // (channels_last's (N, H * W, C) with the index (C, 0, 1), or (H * W, C) with (0, 1) for one sample):
-// apply_rows(outer, first_row, rows, bits) with the bits of that outer index's groups, drawn once
-// for all its rows. False (nothing done) for other layouts.
+// apply_rows(outer, first_row, rows, column, columns, bits) with the bits of that outer index's
+// groups [column, column + columns), drawn once for all its rows. False (nothing done) for other layouts.
 template <int kOperands, typename ApplyRows>
 bool parallel_shared_rows(const StridedLayout<kOperands>& layout, int64_t base, RngState rng,
                           const DropThreshold& threshold, const ApplyRows& apply_rows) {
   if (layout.ndim < 2 || layout.ndim > 3 || !contiguous_rows(layout)) return false;
   const int64_t* index = layout.strides[kOperands - 1];
   const int d = layout.ndim - 2;  // the rows' dim
-  if (index[d] != 0 || index[d + 1] != 1 || layout.sizes[d + 1] > kBitsChunk) return false;
+  if (index[d] != 0 || index[d + 1] != 1) return false;
   const int64_t outer = d == 1 ? layout.sizes[0] : 1, outer_stride = d == 1 ? index[0] : 0;
   const int64_t rows = layout.sizes[d], row_size = layout.sizes[d + 1];
-  at::parallel_for(0, outer * rows, std::max<int64_t>(1, kGrainElements / row_size), [&](int64_t begin, int64_t end) {
-    GroupBits group_bits(rng, threshold);
-    alignas(64) uint16_t buffer[kBitsChunk + 2 * kElementsPerBlock];
-    for (int64_t row = begin; row < end;) {
-      const int64_t o = row / rows, first_row = row % rows;
-      const int64_t n = std::min(rows - first_row, end - row);
-      const uint64_t first = static_cast<uint64_t>(base + o * outer_stride);
-      apply_rows(o, first_row, n, draw_group_bits(group_bits, first, 1, row_size, rng, threshold, buffer));
-      row += n;
-    }
-  });
+  // Rows longer than a bits buffer (a locked dropout's (B * H) features) go in
+  // column chunks, each chunk's bits drawn once for all its rows.
+  const int64_t chunks = (row_size + kBitsChunk - 1) / kBitsChunk;
+  const int64_t chunk_size = std::min(row_size, kBitsChunk);
+  at::parallel_for(0, outer * chunks * rows, std::max<int64_t>(1, kGrainElements / chunk_size),
+                   [&](int64_t begin, int64_t end) {
+                     GroupBits group_bits(rng, threshold);
+                     alignas(64) uint16_t buffer[kBitsChunk + 2 * kElementsPerBlock];
+                     for (int64_t item = begin; item < end;) {
+                       const int64_t o = item / (chunks * rows), chunk = item / rows % chunks;
+                       const int64_t first_row = item % rows, n = std::min(rows - first_row, end - item);
+                       const int64_t column = chunk * kBitsChunk, columns = std::min(kBitsChunk, row_size - column);
+                       const uint64_t first = static_cast<uint64_t>(base + o * outer_stride + column);
+                       apply_rows(o, first_row, n, column, columns,
+                                  draw_group_bits(group_bits, first, 1, columns, rng, threshold, buffer));
+                       item += n;
+                     }
+                   });
   return true;
 }
 
@@ -168,14 +175,15 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
                                   transform_uniform_rows(out + row * outer_out[0], outer_out[0], in + row * outer_in[0],
                                                          outer_in[0], row_size, rows, bits, compare, affine, factors);
                                 }) ||
-          parallel_shared_rows(layout, index.base, rng, threshold,
-                               [&](int64_t o, int64_t row, int64_t rows, const uint16_t* bits) {
-                                 const int d = layout.ndim - 2;
-                                 const int64_t at_out = (d == 1 ? o * outer_out[0] : 0) + row * outer_out[d];
-                                 const int64_t at_in = (d == 1 ? o * outer_in[0] : 0) + row * outer_in[d];
-                                 transform_shared_rows(out + at_out, outer_out[d], in + at_in, outer_in[d], row_size,
-                                                       rows, bits, compare, affine, factors);
-                               });
+          parallel_shared_rows(
+              layout, index.base, rng, threshold,
+              [&](int64_t o, int64_t row, int64_t rows, int64_t column, int64_t columns, const uint16_t* bits) {
+                const int d = layout.ndim - 2;
+                const int64_t at_out = (d == 1 ? o * outer_out[0] : 0) + row * outer_out[d] + column;
+                const int64_t at_in = (d == 1 ? o * outer_in[0] : 0) + row * outer_in[d] + column;
+                transform_shared_rows(out + at_out, outer_out[d], in + at_in, outer_in[d], columns, rows, bits, compare,
+                                      affine, factors);
+              });
       if (rows_done) return;
       parallel_group_runs(layout, input.numel(), index.base, rng, threshold,
                           [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {

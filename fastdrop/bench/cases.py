@@ -58,6 +58,14 @@ def rows(numel):
     return (max(1, numel // 1024), 1024)
 
 
+def sequences(numel):
+    """(T, B, H) = (64, B, 256): time-first sequences of an LSTM's hidden size 256
+    ((T, 4, 256) with fewer time steps below 2^16 elements)."""
+    if numel < 64 * 4 * 256:
+        return (max(1, numel // 1024), 4, 256)
+    return (64, numel // (64 * 256), 256)
+
+
 def one(shape, dtype, device):
     return (torch.randn(shape, dtype=dtype, device=device),)
 
@@ -110,6 +118,15 @@ OPS = [
         one,
         lambda x: FD.feature_alpha_dropout(x, P, training=True),
         {"torch": lambda x: F.feature_alpha_dropout(x, P, training=True)},
+        (2, 2),
+    ),
+    Op(
+        "locked_dropout",
+        "feature-wise dropout",
+        sequences,
+        one,
+        lambda x: FD.dropout(x, P, noise_shape=(1, None, None)),
+        {"PyTorch-NLP": lambda x: peers.locked_dropout(x, P)},
         (2, 2),
     ),
     Op(

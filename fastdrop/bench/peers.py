@@ -43,3 +43,12 @@ def eager_dropout_add(residual, x, p):
 def megatron_bias_dropout_add(x, bias, residual, p):
     """Megatron-LM's bias_dropout_add, unfused: residual + dropout(x + bias)."""
     return residual + F.dropout(x + bias, p)
+
+
+def locked_dropout(x, p, training=True):
+    """PyTorch-NLP's (and AWD-LSTM's) LockedDropout of (T, B, H): one Bernoulli
+    mask of (1, B, H), divided by 1 - p, broadcast over time."""
+    if not training or p == 0:
+        return x
+    mask = x.new_empty(1, x.size(1), x.size(2), requires_grad=False).bernoulli_(1 - p)
+    return x * (mask / (1 - p)).expand_as(x)
