@@ -6,6 +6,10 @@ those strides over its input's logical shape. vmap's rules (_vmap) take them ove
 slice's shape, the distributed rules (distributed) over the whole tensor's.
 """
 
+import torch
+
+ops = torch.ops.fastdrop
+
 
 def row_major(shape):
     strides, stride = [0] * len(shape), 1
@@ -83,3 +87,15 @@ def full_arguments(schema, args, kwargs):
     for argument in schema.arguments[len(args) :]:
         values.append(kwargs[argument.name] if argument.name in kwargs else argument.default_value)
     return values
+
+
+def composed_drop_path_add(residual, branch, p, variant, strides, base, generator):
+    """drop_path_add of indexed operators (vmap's rule, batch slices), rounded as
+    the fused kernel rounds: where a sample is kept, residual + its scaled
+    branch; where dropped, the residual itself (the fused kernel never reads a
+    dropped branch: no NaN from it, no -0 turned into +0). (output, rng_state)."""
+    dropped, state = ops.indexed_dropout(branch, p, variant, strides, base, generator)
+    # The decisions alone: ones over the dims that carry an index, broadcast over the others.
+    ones = branch.new_ones([size if stride != 0 else 1 for size, stride in zip(branch.shape, strides)])
+    kept = ops.indexed_dropout_backward(ones, state, p, variant, strides, base) != 0
+    return torch.where(kept, residual + dropped, residual), state

@@ -30,7 +30,7 @@ from torch._C._functorch import _add_batch_dim, _unwrap_batched, is_batchedtenso
 from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import _checks
-from ._decisions import VARIANTS, _drop_path, check_samples, full_arguments, span
+from ._decisions import VARIANTS, _drop_path, check_samples, composed_drop_path_add, full_arguments, span
 
 ops = torch.ops.fastdrop
 
@@ -188,14 +188,10 @@ def drop_path_add_rule(level, args, bdims):
     branch = batch_first(level, branch, branch_dim)
     variant, slice_strides, _ = _drop_path(branch.shape[1:], scale_by_keep)
     strides = index_strides(level, branch.shape[1:], slice_strides, level.different())
-    dropped, state = ops.indexed_dropout(branch, p, variant, strides, 0, generator)
-    # Where a sample is kept, residual + its scaled branch; where dropped, the
-    # residual itself, as the fused kernel, which never reads a dropped branch
-    # (no NaN from it, no -0 turned into +0).
-    kept = ops.indexed_dropout_backward(torch.ones_like(branch), state, p, variant, strides, 0) != 0
     residual = aligned(residual, residual_dim, rank)
+    output, state = composed_drop_path_add(residual, branch, p, variant, strides, 0, generator)
     state, state_dim = returned_state(level, state)
-    return (torch.where(kept, residual + dropped, residual), state), (0, state_dim)
+    return (output, state), (0, state_dim)
 
 
 RULES = {

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import _checks
-from ._decisions import VARIANTS, full_arguments
+from ._decisions import VARIANTS, composed_drop_path_add, full_arguments
 
 __all__ = ["batch_slice", "data_parallel", "register_dtensor_handlers", "set_rng_check"]
 
@@ -377,6 +377,4 @@ def sliced(name, input, p, args, generator, inplace=False):
 
 def sliced_drop_path_add(residual, branch, p, scale_by_keep, generator):
     variant, strides, base = sliced_indices("drop_path", branch.shape, (scale_by_keep, True))
-    dropped, state = ops.indexed_dropout(branch, p, variant, strides, base, generator)
-    kept = ops.indexed_dropout_backward(torch.ones_like(branch), state, p, variant, strides, base) != 0
-    return torch.where(kept, residual + dropped, residual)
+    return composed_drop_path_add(residual, branch, p, variant, strides, base, generator)[0]
