@@ -120,7 +120,8 @@ def describe(demangled):
     """(kernel, dtype, kind, bytes per element) of a fastdrop kernel, or None.
 
     Bytes per element count the tensors streamed: the output, the input, and
-    the residual of the fused forms (a bias row and group indices stay in cache).
+    the residual of the fused forms (a bias row and group indices stay in cache);
+    dtype "bf16+fp32" is a bf16 branch beside an fp32 residual.
     """
     match = re.search(r"::(\w+_kernel)<", demangled)
     if not match or "fastdrop::cuda" not in demangled:
@@ -139,6 +140,11 @@ def describe(demangled):
         streams = operands - 1
     else:
         streams = 2
+    # The residual forms' output and residual are of the residual's type (their last
+    # template argument), which may be wider than the branch's.
+    residual = arguments[-1] if streams == 3 and arguments[-1] in SCALARS else scalar
+    bytes_per_element = SCALARS[scalar] + (streams - 1) * SCALARS[residual]
+    dtype = SHORT[scalar] if residual == scalar else f"{SHORT[scalar]}+{SHORT[residual]}"
     kind = (
         "strided"
         if "strided" in kernel
@@ -146,7 +152,7 @@ def describe(demangled):
         if kernel.startswith(("elementwise", "add_dropout"))
         else "dense"
     )
-    return kernel, SHORT[scalar], kind, streams * SCALARS[scalar]
+    return kernel, dtype, kind, bytes_per_element
 
 
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")

@@ -136,7 +136,11 @@ struct MaskBackward : Node {
     return result;
   }
 
-  Tensor masked_gradient(const Tensor& grad) {
+  // A residual wider than its branch (an fp32 residual stream, a bf16 branch) has
+  // the output's dtype; the branch's gradient is the mask applied to the gradient
+  // cast to the branch's dtype first, as torch's residual + dropout(branch) gives.
+  Tensor masked_gradient(const Tensor& given) {
+    const Tensor grad = given.scalar_type() == masked_dtype_ ? given : given.to(masked_dtype_);
     const Tensor rng_state = rng_state_.unpack();
     if (at::GradMode::is_enabled() || torch::autograd::isFwGradDefined(grad)) return mask_.apply(grad, rng_state);
     // No graph of this backward is wanted (no create_graph, no tangent): the operator below autograd.
@@ -147,7 +151,8 @@ struct MaskBackward : Node {
   Mask mask_;
   std::vector<Role> roles_;
   SavedVariable rng_state_;
-  std::vector<c10::SymInt> reduced_sizes_;  // the kMaskedReduced operand's shape
+  std::vector<c10::SymInt> reduced_sizes_;                   // the kMaskedReduced operand's shape
+  at::ScalarType masked_dtype_ = at::ScalarType::Undefined;  // the masked operands' (all one dtype)
 };
 
 // Records the history of output = forward(operands) whose mask rng_state
@@ -166,6 +171,7 @@ void record(const Tensor& output, const Tensor& rng_state, const Mask& mask, std
       node->roles_.push_back(operand.role);
       edges.push_back(torch::autograd::impl::gradient_edge(operand.tensor));
       if (operand.role == Role::kMaskedReduced) node->reduced_sizes_ = operand.tensor.sym_sizes().vec();
+      if (operand.role != Role::kIdentity) node->masked_dtype_ = operand.tensor.scalar_type();
     }
     node->set_next_edges(std::move(edges));
     node->rng_state_ = SavedVariable(rng_state, false);
@@ -183,7 +189,9 @@ void record(const Tensor& output, const Tensor& rng_state, const Mask& mask, std
       sum = sum.defined() ? sum + tangent : tangent;
     }
     Tensor tangent = masked.defined() ? mask.apply(masked, rng_state) : Tensor();
-    if (identity.defined()) tangent = tangent.defined() ? tangent + identity : identity;
+    if (identity.defined()) tangent = tangent.defined() ? identity + tangent : identity;
+    // A branch narrower than its residual: the tangent in the output's dtype, as torch's promotion gives.
+    if (tangent.scalar_type() != output.scalar_type()) tangent = tangent.to(output.scalar_type());
     output._set_fw_grad(tangent, /*level=*/0, /*is_inplace_op=*/false);
   }
 }
@@ -222,6 +230,7 @@ Tensor inplace_with_history(Tensor& self, const Mask& mask, const Run& run) {
   c10::intrusive_ptr<MaskBackward> node;
   if (requires_grad) {
     node = c10::make_intrusive<MaskBackward>(mask, std::vector<Role>{Role::kMasked});
+    node->masked_dtype_ = self.scalar_type();
     node->set_next_edges(torch::autograd::collect_next_edges(self));
   }
   const Tensor rng_state = [&] {
@@ -331,6 +340,75 @@ std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, c
   return {output, rng_state};
 }
 
+// drop_path_add_subset's kept scale, 1 / (1 - p) rounded to the branch's dtype
+// (kScaleRounded, from its op-math type), 1 without scale_by_keep, 0 for p == 1.
+Tensor kept_scale(double p, bool scale_by_keep, at::ScalarType dtype) {
+  const at::ScalarType opmath = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  if (p >= 1.0) return at::zeros({}, at::TensorOptions().dtype(dtype));
+  if (!scale_by_keep) return at::ones({}, at::TensorOptions().dtype(dtype));
+  return at::full({}, 1.0 - p, at::TensorOptions().dtype(opmath)).reciprocal().to(dtype);
+}
+
+// drop_path_add_subset's backward: the residual's gradient is the incoming one;
+// branch_kept's is the kept samples' rows of it, cast to the branch's dtype,
+// times the kept scale, as drop_path_backward scales a kept sample. Torch ops,
+// so double backward and function transforms come with them.
+struct SubsetBackward : Node {
+  std::string name() const override { return "FastdropDropPathAddSubsetBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(2);
+    const Tensor& grad = grads[0];
+    if (!grad.defined()) return result;
+    if (task_should_compute_output(0)) result[0] = grad;
+    if (task_should_compute_output(1)) {
+      Tensor rows = grad.index_select(0, indices_.unpack());
+      if (rows.scalar_type() != branch_dtype_) rows = rows.to(branch_dtype_);
+      result[1] = rows.mul(kept_scale(p_, scale_by_keep_, branch_dtype_));
+    }
+    return result;
+  }
+
+  SavedVariable indices_;
+  double p_ = 0.0;
+  bool scale_by_keep_ = true;
+  at::ScalarType branch_dtype_ = at::ScalarType::Undefined;
+};
+
+Tensor drop_path_add_subset_autograd(c10::DispatchKeySet keys, const Tensor& residual, const Tensor& branch_kept,
+                                     const Tensor& indices, double p, bool scale_by_keep) {
+  using Signature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, bool);
+  static const auto op = operator_handle<Signature>("fastdrop::drop_path_add_subset");
+  Tensor output = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, residual, branch_kept, indices, p, scale_by_keep);
+  }();
+  if (torch::autograd::compute_requires_grad(residual, branch_kept)) {
+    auto node = c10::make_intrusive<SubsetBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(residual, branch_kept));
+    node->indices_ = SavedVariable(indices, false);
+    node->p_ = p;
+    node->scale_by_keep_ = scale_by_keep;
+    node->branch_dtype_ = branch_kept.scalar_type();
+    torch::autograd::set_history(output, node);
+  }
+  const bool residual_tangent = torch::autograd::isFwGradDefined(residual);
+  const bool branch_tangent = torch::autograd::isFwGradDefined(branch_kept);
+  if (residual_tangent || branch_tangent) {
+    // The op is linear in (residual, branch_kept): the tangent is the op of the tangents.
+    const Tensor t_residual = residual_tangent ? residual._fw_grad(/*level=*/0) : at::zeros_like(residual);
+    const Tensor t_branch = branch_tangent ? branch_kept._fw_grad(/*level=*/0) : at::zeros_like(branch_kept);
+    output._set_fw_grad(op.call(t_residual, t_branch, indices, p, scale_by_keep), /*level=*/0,
+                        /*is_inplace_op=*/false);
+  }
+  return output;
+}
+
 Mask indexed_mask(double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
                   const c10::SymInt& index_base) {
   Mask mask{Family::kIndexed, p};
@@ -407,6 +485,7 @@ TORCH_LIBRARY_IMPL(fastdrop, Autograd, m) {
   m.impl("drop_path_add", TORCH_FN(drop_path_add_autograd));
   m.impl("dropout_add", TORCH_FN(dropout_add_autograd));
   m.impl("bias_dropout_add", TORCH_FN(bias_dropout_add_autograd));
+  m.impl("drop_path_add_subset", TORCH_FN(drop_path_add_subset_autograd));
   m.impl("indexed_dropout", TORCH_FN(indexed_dropout_autograd));
   m.impl("indexed_dropout_", TORCH_FN(indexed_dropout_inplace_autograd));
   m.impl("indexed_dropout_backward", TORCH_FN(indexed_dropout_backward_autograd));

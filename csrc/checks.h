@@ -30,15 +30,47 @@ inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like,
               " but the tensor it applies to is on ", like.device());
 }
 
-// Checks shared by the fused residual forms: same shape, device and dtype.
-inline void check_same_tensors(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name,
-                               const char* op) {
-  TORCH_CHECK(a.sym_sizes() == b.sym_sizes(), "fastdrop.", op, ": ", a_name, " and ", b_name,
-              " must have the same shape, but got ", a.sym_sizes(), " and ", b.sym_sizes());
-  TORCH_CHECK(a.device() == b.device(), "fastdrop.", op, ": ", a_name, " and ", b_name,
-              " must be on the same device, but got ", a.device(), " and ", b.device());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastdrop.", op, ": ", a_name, " and ", b_name,
-              " must have the same dtype, but got ", a.scalar_type(), " and ", b.scalar_type());
+// A residual of the branch's dtype or a wider float one (an fp32 residual beside a bf16 branch).
+inline void check_residual_dtype(const at::Tensor& residual, const at::Tensor& branch, const char* branch_name,
+                                 const char* op) {
+  const auto wide = residual.scalar_type(), narrow = branch.scalar_type();
+  const bool wider = (wide == at::kFloat || wide == at::kDouble) && at::isFloatingType(narrow) &&
+                     at::promoteTypes(wide, narrow) == wide;
+  TORCH_CHECK(wide == narrow || wider, "fastdrop.", op, ": residual must have the ", branch_name,
+              "'s dtype or a wider float dtype, but got ", wide, " and ", branch_name, " ", narrow);
+}
+
+// The fused residual forms' operands: the branch's shape and device, and its
+// dtype or a wider float one (an fp32 residual beside a bf16 branch), whose
+// dtype the output takes.
+inline void check_residual(const at::Tensor& residual, const at::Tensor& branch, const char* branch_name,
+                           const char* op) {
+  TORCH_CHECK(residual.sym_sizes() == branch.sym_sizes(), "fastdrop.", op, ": residual and ", branch_name,
+              " must have the same shape, but got ", residual.sym_sizes(), " and ", branch.sym_sizes());
+  TORCH_CHECK(residual.device() == branch.device(), "fastdrop.", op, ": residual and ", branch_name,
+              " must be on the same device, but got ", residual.device(), " and ", branch.device());
+  check_residual_dtype(residual, branch, branch_name, op);
+}
+
+// drop_path_add_subset's operands: branch_kept holds the branches of the samples
+// `indices` (int64, one per row of branch_kept) names, each of a residual
+// sample's shape, on its device; the dtypes as check_residual's.
+inline void check_subset(const at::Tensor& residual, const at::Tensor& branch_kept, const at::Tensor& indices,
+                         const char* op) {
+  TORCH_CHECK(residual.dim() >= 1, "fastdrop.", op, ": residual must have a batch dim, but got a 0-D tensor");
+  TORCH_CHECK(branch_kept.dim() == residual.dim() && branch_kept.sym_sizes().slice(1) == residual.sym_sizes().slice(1),
+              "fastdrop.", op, ": branch_kept must be (kept samples, *residual.shape[1:]) = (K, ",
+              residual.sym_sizes().slice(1), "), but got ", branch_kept.sym_sizes());
+  TORCH_CHECK(
+      indices.scalar_type() == at::kLong && indices.dim() == 1 && indices.sym_size(0) == branch_kept.sym_size(0),
+      "fastdrop.", op, ": indices must be a 1-D int64 tensor of one sample index per row of branch_kept (",
+      branch_kept.sym_size(0), "), but got ", indices.scalar_type(), " of shape ", indices.sym_sizes());
+  TORCH_CHECK(branch_kept.device() == residual.device() && indices.device() == residual.device(), "fastdrop.", op,
+              ": residual, branch_kept and indices must be on the same device, but got ", residual.device(), ", ",
+              branch_kept.device(), " and ", indices.device());
+  TORCH_CHECK(branch_kept.sym_size(0) <= residual.sym_size(0), "fastdrop.", op, ": ", branch_kept.sym_size(0),
+              " kept samples of a batch of ", residual.sym_size(0));
+  check_residual_dtype(residual, branch_kept, "branch_kept", op);
 }
 
 inline void check_bias(const at::Tensor& input, const at::Tensor& bias, const char* op) {

@@ -73,6 +73,18 @@ FASTDROP_HOST_DEVICE scalar_t add_elements(scalar_t a, scalar_t b) {
   return static_cast<scalar_t>(add_rounded(static_cast<opmath_t>(a), static_cast<opmath_t>(b)));
 }
 
+// residual + x, x of the branch's type and the residual of the same or a wider
+// float type (Megatron's and flash-attention's fp32 residual stream beside a
+// bf16 branch): x converted exactly to the residual's op-math type and the sum
+// rounded once to the residual's type, as torch's residual + x does under type
+// promotion. With one type for both, add_elements.
+template <typename residual_t, typename scalar_t>
+FASTDROP_HOST_DEVICE residual_t add_to_residual(residual_t residual, scalar_t x) {
+  using opmath_t = at::opmath_type<residual_t>;
+  return static_cast<residual_t>(
+      add_rounded(static_cast<opmath_t>(residual), static_cast<opmath_t>(static_cast<at::opmath_type<scalar_t>>(x))));
+}
+
 // The variants, named by what they compute (their constants: dropout_factors).
 // Which operator uses which: dropout kScaleOpMath; feature dropout and drop
 // path kScaleRounded (drop path without scale_by_keep kUnscaled); alpha and

@@ -167,4 +167,32 @@ void with_layout(const std::array<at::Tensor, kTensors>& tensors, const MakeLayo
   tensors[0].copy_(contiguous[0]);
 }
 
+// drop_path_add_subset's layouts: whether every tensor holds each sample (index
+// along dim 0) as one dense block of `row` elements, laid out alike (the
+// strides of the other dims equal), so that element k of sample s is at
+// data + s * row + k in each.
+inline bool alike_sample_blocks(std::initializer_list<const at::Tensor*> tensors, int64_t row) {
+  const at::Tensor& first = **tensors.begin();
+  for (const at::Tensor* tensor : tensors) {
+    if (!tensor->is_non_overlapping_and_dense() || (tensor->size(0) > 1 && tensor->stride(0) != row)) return false;
+    if (tensor->strides().slice(1) != first.strides().slice(1)) return false;
+  }
+  return true;
+}
+
+// Runs kernel(residual, branch_kept, output) on tensors of alike sample blocks:
+// these, or contiguous copies (the result copied back into output).
+template <typename Kernel>
+void with_sample_blocks(const at::Tensor& residual, const at::Tensor& branch_kept, at::Tensor& output,
+                        const Kernel& kernel) {
+  const int64_t row = residual.numel() / residual.size(0);
+  if (alike_sample_blocks({&output, &residual, &branch_kept}, row)) {
+    kernel(residual, branch_kept, output);
+    return;
+  }
+  at::Tensor contiguous_output = at::empty_like(output, at::MemoryFormat::Contiguous);
+  kernel(residual.contiguous(), branch_kept.contiguous(), contiguous_output);
+  output.copy_(contiguous_output);
+}
+
 }  // namespace fastdrop

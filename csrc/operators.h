@@ -45,6 +45,13 @@ inline void define_operators(torch::Library& m) {
       "bias_dropout_add(Tensor input, Tensor bias, Tensor residual, float p, Generator? generator=None) "
       "-> (Tensor, Tensor)",
       seeded);
+  // residual + drop_path(branch) for a branch computed on the kept samples only
+  // (branch_kept[j] is sample indices[j]'s, drop_path_keep_indices's samples):
+  // not random, the indices are the decisions. Its backward: a function of
+  // torch ops (autograd.cpp).
+  m.def(
+      "drop_path_add_subset(Tensor residual, Tensor branch_kept, Tensor indices, float p, bool scale_by_keep=True) "
+      "-> Tensor");
   // Any variant with the decision of element (i_0, ...) at index
   // index_base + sum_k i_k * index_strides[k]: vmap's batching rules and
   // sharded tensors. variant: 'dropout', 'feature_dropout', 'alpha_dropout' or 'unscaled'.

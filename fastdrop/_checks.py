@@ -72,20 +72,43 @@ def stochastic_depth_mode(mode):
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
 
 
-def same_operands(a, a_name, b, b_name, op):
-    """The operand checks of the fused residual forms, as the C++ operators make them."""
-    if a.shape != b.shape:
+# c10's names of the dtypes, as the C++ operators' messages print them.
+_SCALAR_TYPE_NAMES = {
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.float32: "Float",
+    torch.float64: "Double",
+}
+
+
+def _dtype_name(dtype):
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype))
+
+
+def residual_operands(residual, branch, branch_name, op):
+    """The operand checks of the fused residual forms, as the C++ operators make them:
+    the branch's shape and device, and its dtype or a wider float one (the output's)."""
+    if residual.shape != branch.shape:
         raise RuntimeError(
-            f"fastdrop.{op}: {a_name} and {b_name} must have the same shape, "
-            f"but got {list(a.shape)} and {list(b.shape)}"
+            f"fastdrop.{op}: residual and {branch_name} must have the same shape, "
+            f"but got {list(residual.shape)} and {list(branch.shape)}"
         )
-    if a.device != b.device:
+    if residual.device != branch.device:
         raise RuntimeError(
-            f"fastdrop.{op}: {a_name} and {b_name} must be on the same device, but got {a.device} and {b.device}"
+            f"fastdrop.{op}: residual and {branch_name} must be on the same device, "
+            f"but got {residual.device} and {branch.device}"
         )
-    if a.dtype != b.dtype:
+    wide, narrow = residual.dtype, branch.dtype
+    if wide == narrow:
+        return
+    if not (
+        wide in (torch.float32, torch.float64)
+        and narrow.is_floating_point
+        and torch.promote_types(wide, narrow) == wide
+    ):
         raise RuntimeError(
-            f"fastdrop.{op}: {a_name} and {b_name} must have the same dtype, but got {a.dtype} and {b.dtype}"
+            f"fastdrop.{op}: residual must have the {branch_name}'s dtype or a wider float dtype, "
+            f"but got {_dtype_name(wide)} and {branch_name} {_dtype_name(narrow)}"
         )
 
 

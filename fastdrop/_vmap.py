@@ -160,7 +160,7 @@ def backward_rule(name):
 def dropout_add_rule(level, args, bdims):
     residual, x, p, generator = args
     residual_dim, x_dim = bdims
-    _checks.same_operands(logical(residual, residual_dim), "residual", logical(x, x_dim), "input", "dropout_add")
+    _checks.residual_operands(logical(residual, residual_dim), logical(x, x_dim), "input", "dropout_add")
     rank = x.dim() - (x_dim is not None)
     dropped, state, state_dim = drawn(level, "dropout", x, x_dim, p, [], generator)
     return (aligned(residual, residual_dim, rank) + dropped, state), (0, state_dim)
@@ -169,7 +169,7 @@ def dropout_add_rule(level, args, bdims):
 def bias_dropout_add_rule(level, args, bdims):
     x, bias, residual, p, generator = args
     x_dim, bias_dim, residual_dim = bdims
-    _checks.same_operands(logical(residual, residual_dim), "residual", logical(x, x_dim), "input", "bias_dropout_add")
+    _checks.residual_operands(logical(residual, residual_dim), logical(x, x_dim), "input", "bias_dropout_add")
     _checks.bias_operand(logical(x, x_dim), logical(bias, bias_dim), "bias_dropout_add")
     rank = x.dim() - (x_dim is not None)
     biased = aligned(x, x_dim, rank) + aligned(bias, bias_dim, rank)
@@ -180,9 +180,7 @@ def bias_dropout_add_rule(level, args, bdims):
 def drop_path_add_rule(level, args, bdims):
     residual, branch, p, scale_by_keep, generator = args
     residual_dim, branch_dim = bdims
-    _checks.same_operands(
-        logical(residual, residual_dim), "residual", logical(branch, branch_dim), "branch", "drop_path_add"
-    )
+    _checks.residual_operands(logical(residual, residual_dim), logical(branch, branch_dim), "branch", "drop_path_add")
     rank = branch.dim() - (branch_dim is not None)
     check_samples(logical(branch, branch_dim).shape)
     branch = batch_first(level, branch, branch_dim)
@@ -194,6 +192,19 @@ def drop_path_add_rule(level, args, bdims):
     return (output, state), (0, state_dim)
 
 
+def drop_path_add_subset_rule(level, args, bdims):
+    """Not random: where the slices share their indices, the vmap dim moves behind
+    the samples (dim 0 of every operand), one call for all slices; else a call per slice."""
+    residual, branch, indices, p, scale_by_keep = args
+    residual_dim, branch_dim, indices_dim = bdims
+    if indices_dim is None:
+        residual = batch_first(level, residual, residual_dim).movedim(0, 1)
+        branch = batch_first(level, branch, branch_dim).movedim(0, 1)
+        return ops.drop_path_add_subset(residual, branch, indices, p, scale_by_keep), 1
+    slices = zip(*(batch_first(level, t, d) for t, d in zip((residual, branch, indices), bdims)))
+    return torch.stack([ops.drop_path_add_subset(r, b, i, p, scale_by_keep) for r, b, i in slices]), 0
+
+
 RULES = {
     **{name: forward_rule(name) for name in VARIANTS},
     **{name + "_": inplace_rule(name) for name in VARIANTS if name != "drop_path"},
@@ -201,12 +212,13 @@ RULES = {
     "dropout_add": dropout_add_rule,
     "bias_dropout_add": bias_dropout_add_rule,
     "drop_path_add": drop_path_add_rule,
+    "drop_path_add_subset": drop_path_add_subset_rule,
 }
 
 
 def _kernel(name, rule):
     op = getattr(ops, name).default
-    random = not name.endswith("_backward")
+    random = torch.Tag.nondeterministic_seeded in op.tags
 
     def kernel(keyset, *args, **kwargs):
         interpreter = retrieve_current_functorch_interpreter()

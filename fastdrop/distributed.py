@@ -188,14 +188,14 @@ def _backward_handler(name):
 
 def _dropout_add_handler(op_call, args, kwargs):
     residual, x, p, generator = full_arguments(op_call._schema, args, kwargs)
-    _checks.same_operands(residual, "residual", x, "input", "dropout_add")
+    _checks.residual_operands(residual, x, "input", "dropout_add")
     dropped, state = ops.dropout(x, p, generator)
     return residual + dropped, state
 
 
 def _bias_dropout_add_handler(op_call, args, kwargs):
     x, bias, residual, p, generator = full_arguments(op_call._schema, args, kwargs)
-    _checks.same_operands(residual, "residual", x, "input", "bias_dropout_add")
+    _checks.residual_operands(residual, x, "input", "bias_dropout_add")
     _checks.bias_operand(x, bias, "bias_dropout_add")
     dropped, state = ops.dropout(x + bias, p, generator)
     return residual + dropped, state
@@ -203,7 +203,7 @@ def _bias_dropout_add_handler(op_call, args, kwargs):
 
 def _drop_path_add_handler(op_call, args, kwargs):
     residual, branch, p, scale_by_keep, generator = full_arguments(op_call._schema, args, kwargs)
-    _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
+    _checks.residual_operands(residual, branch, "branch", "drop_path_add")
     dropped, state = ops.drop_path(branch, p, scale_by_keep, True, generator)
     # A dropped sample is the residual itself: its branch is never read (as in the fused kernel).
     kept = ops.drop_path_backward(torch.ones_like(branch), state, p, scale_by_keep, True) != 0

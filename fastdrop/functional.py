@@ -19,6 +19,8 @@ __all__ = [
     "drop_path",
     "stochastic_depth",
     "drop_path_add",
+    "drop_path_keep_indices",
+    "drop_path_add_subset",
     "dropout_add",
     "bias_dropout_add",
 ]
@@ -335,7 +337,7 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
             generator=generator,
         )
     drop_prob = _checks.drop_probability(drop_prob)
-    _checks.same_operands(residual, "residual", branch, "branch", "drop_path_add")
+    _checks.residual_operands(residual, branch, "branch", "drop_path_add")
     if not training or drop_prob == 0.0:
         return residual + branch
     if (type(branch) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(branch):
@@ -347,13 +349,52 @@ def drop_path_add(residual, branch, drop_prob, training=True, scale_by_keep=True
     return ops.drop_path_add(residual, branch, drop_prob, bool(scale_by_keep), generator)[0]
 
 
+def drop_path_keep_indices(batch_size, drop_prob, training=True, *, device=None, generator=None):
+    """The samples a drop_path_add call would keep, sorted (int64 on device).
+
+    Draws from the generator exactly as drop_path_add(residual, branch,
+    drop_prob, training) draws for a batch of batch_size, so with the same
+    generator state the two agree, and leave the generator in the same state:
+    run the branch on the kept samples only (DINOv2's stochastic depth) and
+    add it back with drop_path_add_subset. In eval mode (or drop_prob == 0)
+    every sample, with nothing drawn. Reading the count of kept samples
+    synchronizes with a CUDA device (as any data-dependent shape does).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise TypeError(f"drop_path_keep_indices(): batch_size must be a non-negative int, but got {batch_size!r}")
+    drop_prob = _checks.drop_probability(drop_prob)
+    if not training or drop_prob == 0.0:
+        return torch.arange(batch_size, device=device)
+    # One unscaled decision per sample, drawn as drop_path_add draws its samples' (batch slices too).
+    keep = _drop_path(torch.ones(batch_size, device=device), drop_prob, False, True, generator)
+    return keep.nonzero().squeeze(1)
+
+
+def drop_path_add_subset(residual, branch_kept, indices, drop_prob, training=True, scale_by_keep=True):
+    """residual + drop_path(branch) for a branch computed on the kept samples only.
+
+    indices: the kept samples (drop_path_keep_indices); branch_kept[j] is
+    sample indices[j]'s branch. One pass: a kept sample is its residual plus
+    its branch scaled as drop_path_add scales it, any other the residual
+    itself, so the result equals drop_path_add(residual, branch, drop_prob) of
+    the same draw bit for bit, forward and backward, without computing the
+    dropped samples' branches. The residual may be of a wider float dtype than
+    the branch (its dtype is the output's). In eval mode (or drop_prob == 0)
+    the kept samples are not scaled.
+    """
+    drop_prob = _checks.drop_probability(drop_prob)
+    if not training:
+        drop_prob = 0.0
+    return ops.drop_path_add_subset(residual, branch_kept, indices, drop_prob, bool(scale_by_keep))
+
+
 def dropout_add(residual, x, p, training=True, *, generator=None):
     """residual + dropout(x) in one pass (element-wise mask, as fastdrop.functional.dropout)."""
     if has_torch_function((residual, x)):
         return handle_torch_function(dropout_add, (residual, x), residual, x, p, training=training, generator=generator)
     p = _checks.probability(p, "dropout_add")
     _checks.training_flag(training, "dropout_add")
-    _checks.same_operands(residual, "residual", x, "input", "dropout_add")
+    _checks.residual_operands(residual, x, "input", "dropout_add")
     if not training or p == 0.0:
         return residual + x
     if (type(x) is not _Tensor or _distributed._batch is not None) and _in_batch_slice(x):
@@ -376,7 +417,7 @@ def bias_dropout_add(x, bias, residual, p, training=True, *, generator=None):
         )
     p = _checks.probability(p, "bias_dropout_add")
     _checks.training_flag(training, "bias_dropout_add")
-    _checks.same_operands(residual, "residual", x, "input", "bias_dropout_add")
+    _checks.residual_operands(residual, x, "input", "bias_dropout_add")
     _checks.bias_operand(x, bias, "bias_dropout_add")
     if not training or p == 0.0:
         return residual + (x + bias)

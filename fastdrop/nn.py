@@ -144,21 +144,39 @@ class StochasticDepthBlock(_NotScriptable, torch.nn.Module):
 
     The shortcut (identity when None, or a projection) is never dropped. In
     eval mode the block computes exactly shortcut(x) + branch(x).
+
+    skip_dropped=True (DINOv2's stochastic depth) runs the branch in training on
+    the kept samples only (drop_path_keep_indices, drop_path_add_subset): the
+    same draws and, for a branch that treats each sample on its own, the same
+    result bit for bit, without the dropped samples' compute. A branch that
+    mixes samples (BatchNorm's batch statistics) sees a smaller batch. Finding
+    the kept count synchronizes with a CUDA device once per call.
     """
 
-    def __init__(self, branch: torch.nn.Module, drop_prob: float, shortcut: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        branch: torch.nn.Module,
+        drop_prob: float,
+        shortcut: torch.nn.Module | None = None,
+        skip_dropped: bool = False,
+    ) -> None:
         super().__init__()
         _checks.drop_probability(drop_prob)
         self.branch = branch
         self.shortcut = shortcut
         self.drop_prob = drop_prob
+        self.skip_dropped = bool(skip_dropped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.shortcut is None else self.shortcut(x)
+        if self.skip_dropped and self.training and self.drop_prob > 0:
+            indices = F.drop_path_keep_indices(x.shape[0], self.drop_prob, device=x.device)
+            branch_kept = self.branch(x.index_select(0, indices))
+            return F.drop_path_add_subset(residual, branch_kept, indices, self.drop_prob)
         return F.drop_path_add(residual, self.branch(x), self.drop_prob, self.training)
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
+        return f"drop_prob={self.drop_prob}" + (", skip_dropped=True" if self.skip_dropped else "")
 
 
 class LockedDropout(_FastdropMixin, torch.nn.Dropout):

@@ -22,6 +22,18 @@ DEVICES = [
     pytest.param("cuda_emulated", marks=pytest.mark.cuda_emulated),
 ]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (branch dtype, residual dtype): every pair the residual forms take besides equal dtypes.
+WIDER_RESIDUALS = [
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float64),
+    (torch.float16, torch.float64),
+    (torch.float32, torch.float64),
+]
+
+
+def dtype_pair_id(pair):
+    return "-".join(str(d).replace("torch.", "") for d in pair)
 
 
 def pytest_configure(config):

@@ -170,16 +170,17 @@ def dtensor_residual_forms(rank, world):
         "bias_dropout_add": (lambda r, x, b: FD.bias_dropout_add(x, b, r, 0.4), (5, 6, 7)),
         "drop_path_add": (lambda r, x, b: FD.drop_path_add(r, x, 0.5), (7, 3, 4)),
     }
-    for dtype in (torch.float32, torch.bfloat16):
+    # (branch dtype, residual dtype): an fp32 residual beside a bf16 branch too.
+    for dtype, residual_dtype in ((torch.float32,) * 2, (torch.bfloat16,) * 2, (torch.bfloat16, torch.float32)):
         for name, (function, shape) in forms.items():
             for placements in ([Shard(0)], [Shard(1)], [Replicate()]):
                 torch.manual_seed(0)
                 residual, x, bias = (
-                    torch.randn(shape, dtype=dtype),
+                    torch.randn(shape, dtype=residual_dtype),
                     torch.randn(shape, dtype=dtype),
                     torch.randn(shape[-1], dtype=dtype),
                 )
-                upstream = torch.randn(shape, dtype=dtype)
+                upstream = torch.randn(shape, dtype=residual_dtype)
                 leaves = [t.clone().requires_grad_() for t in (residual, x, bias)]
                 torch.manual_seed(1)
                 expected = function(*leaves)
@@ -189,7 +190,7 @@ def dtensor_residual_forms(rank, world):
                 torch.manual_seed(1)
                 output = function(*sharded)
                 output.backward(distribute_tensor(upstream, mesh, placements))
-                what = f"{name} {dtype} {placements}"
+                what = f"{name} {dtype} {residual_dtype} {placements}"
                 assert_identical(full(output), expected, what)
                 for which, (got, leaf) in enumerate(zip(sharded, leaves)):
                     if leaf.grad is None:

@@ -76,6 +76,13 @@ MUTANTS = [
         "if (pixel < layout.pixels) {",
     ),
     (
+        "a wider residual read as the branch's type",
+        "dropout_math.h",
+        "add_rounded(static_cast<opmath_t>(residual),",
+        1,
+        "add_rounded(static_cast<opmath_t>(static_cast<scalar_t>(residual)),",
+    ),
+    (
         "forward reads the wrong Philox offset",
         "cuda/device_rng.cuh",
         "const RngState rng = {std::get<0>(seed_offset), std::get<1>(seed_offset)};",

@@ -240,3 +240,20 @@ def every_half_value(shape, device, shift=0):
     """All 65536 fp16 bit patterns (subnormals, infinities, NaNs) in `shape`, rolled by `shift`."""
     bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).roll(shift)
     return bits.view(torch.float16).reshape(shape).to(device)
+
+
+def residual_and_branch(device, shape, branch_dtype, residual_dtype, layout="contiguous"):
+    """A residual and a branch of `shape` (leaves requiring grad) in one of the layouts the residual
+    forms' tests take: contiguous, channels_last, "branch_transposed" (dims 0 and 1 swapped in
+    memory), "branch_permuted" (channels_last-like), "residual_sample_inner" (samples not outermost)."""
+    residual = torch.randn(shape, device=device, dtype=torch.float64).to(residual_dtype)
+    branch = torch.randn(shape, device=device).to(branch_dtype)
+    if layout == "channels_last":
+        residual, branch = (t.contiguous(memory_format=torch.channels_last) for t in (residual, branch))
+    elif layout == "branch_transposed":
+        branch = branch.transpose(0, 1).contiguous().transpose(0, 1)
+    elif layout == "branch_permuted":
+        branch = branch.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    elif layout == "residual_sample_inner":
+        residual = residual.transpose(0, 1).contiguous().transpose(0, 1)
+    return residual.requires_grad_(), branch.requires_grad_()

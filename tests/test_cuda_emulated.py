@@ -1,9 +1,9 @@
 """The CUDA kernels, run on the emulated device (tests/emulated_cuda.py), against
 the CPU kernels bit for bit: every operator, forward, in place and backward;
-every dtype; empty, tails, misaligned, channels_last, permuted, sliced and
-more-than-8-dim layouts; the production grid, one block of 32 threads, and
-reversed and shuffled thread orders; large Philox offsets and the state as a
-captured CUDA graph passes it.
+every dtype (the residual forms beside a wider residual too); empty, tails,
+misaligned, channels_last, permuted, sliced and more-than-8-dim layouts; the
+production grid, one block of 32 threads, and reversed and shuffled thread
+orders; large Philox offsets and the state as a captured CUDA graph passes it.
 
 Bit for bit means the same bits, or NaN on both sides: where a NaN meets a NaN
 (a NaN residual plus a dropped inf's NaN product), which operand's payload and
@@ -134,6 +134,28 @@ def _inplace(name):
     return call
 
 
+def widened(x):
+    """x in the next wider float dtype (float for 16 bits, double for float), in x's layout:
+    a residual stream kept wider than its branch."""
+    wide = torch.float32 if x.element_size() == 2 else torch.float64
+    base = torch.empty(x.untyped_storage().nbytes() // x.element_size(), dtype=wide)
+    copy = base.as_strided(x.size(), x.stride(), x.storage_offset())
+    copy.copy_(x)
+    return copy
+
+
+def _subset(branch_of, wider=False):
+    """drop_path_add_subset with every other sample kept; branch_of(x, kept) gives branch_kept."""
+
+    def call(ops, o, p, g):
+        x = o["x"]
+        kept = torch.arange(0, x.shape[0], 2)
+        residual = widened(o["residual"]) if wider else o["residual"]
+        return (ops.drop_path_add_subset(residual, branch_of(x, kept), kept, p, True),)
+
+    return call
+
+
 def _row_major(shape):
     strides, stride = [0] * len(shape), 1
     for d in reversed(range(len(shape))):
@@ -193,6 +215,16 @@ OPERATORS = [
     ("drop_path_add", True, lambda ops, o, p, g: ops.drop_path_add(o["residual"], o["x"], p, True, g)),
     ("dropout_add", False, lambda ops, o, p, g: ops.dropout_add(o["residual"], o["x"], p, g)),
     ("bias_dropout_add", False, lambda ops, o, p, g: ops.bias_dropout_add(o["x"], o["bias"], o["residual"], p, g)),
+    ("drop_path_add_wider", True, lambda ops, o, p, g: ops.drop_path_add(widened(o["residual"]), o["x"], p, True, g)),
+    ("dropout_add_wider", False, lambda ops, o, p, g: ops.dropout_add(widened(o["residual"]), o["x"], p, g)),
+    (
+        "bias_dropout_add_wider",
+        False,
+        lambda ops, o, p, g: ops.bias_dropout_add(o["x"], o["bias"], widened(o["residual"]), p, g),
+    ),
+    ("drop_path_add_subset", True, _subset(lambda x, kept: x.index_select(0, kept))),
+    ("drop_path_add_subset_strided_branch", True, _subset(lambda x, kept: x[::2])),
+    ("drop_path_add_subset_wider", True, _subset(lambda x, kept: x.index_select(0, kept), wider=True)),
     *[(f"indexed_dropout_{label}", True, _indexed(label)) for label in INDEXED],
     ("indexed_dropout__same", True, _indexed("same", inplace=True)),
     ("indexed_dropout_backward_channels_unaligned", True, _indexed("channels_unaligned", backward=True)),

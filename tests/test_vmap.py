@@ -238,12 +238,13 @@ FUSED = {
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("randomness", ["same", "different"])
 @pytest.mark.parametrize("batched", ["all", "input_only", "residual_only"])
-def test_fused_forms_under_vmap(device, name, randomness, batched):
+@pytest.mark.parametrize("branch_dtype", [torch.float32, torch.bfloat16], ids=["same_dtype", "fp32_residual"])
+def test_fused_forms_under_vmap(device, name, randomness, batched, branch_dtype):
     call, _ = FUSED[name]
     r = torch.randn(B0, 6, 8, device=device)
-    x = torch.randn(B0, 6, 8, device=device)
+    x = torch.randn(B0, 6, 8, device=device).to(branch_dtype)
     x[0, 0, :2] = float("nan")  # a dropped sample's NaN branch must not reach drop_path_add's output
-    b = torch.randn(8, device=device)
+    b = torch.randn(8, device=device).to(branch_dtype)
     dims = {"all": (0, 0), "input_only": (None, 0), "residual_only": (0, None)}[batched]
     r_in = r if dims[0] == 0 else r[0]
     x_in = x if dims[1] == 0 else x[0]

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../dropout_math.h"
+#include "../residual_types.h"
 #include "../decisions.h"
 #include "element_walk.h"
 #include "op_helpers.h"
@@ -35,7 +36,8 @@ auto elementwise_kernel(Variant variant, double p) {
   };
 }
 
-// residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
+// residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim. The
+// residual and the output: the input's type or a wider one.
 auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
   return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, RngState rng) {
     const DropThreshold threshold = drop_threshold(p);
@@ -44,12 +46,14 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
       constexpr size_t kTensors = std::tuple_size_v<decltype(tensors)>;
       with_layout<kTensors>(
           tensors, elementwise_layout<kTensors>, [&](const StridedLayout<kTensors>& layout, const auto& t) {
-            AT_DISPATCH_FLOATING_TYPES_AND2(
-                at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cpu", [&] {
+            with_branch_and_residual_types(
+                input.scalar_type(), residual.scalar_type(), [&](auto branch_type, auto residual_type) {
+                  using scalar_t = typename decltype(branch_type)::type;
+                  using residual_t = typename decltype(residual_type)::type;
                   const auto factors = dropout_factors<scalar_t>(Variant::kScaleOpMath, p);
-                  scalar_t* out = t[0].template data_ptr<scalar_t>();
+                  residual_t* out = t[0].template data_ptr<residual_t>();
                   const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-                  const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+                  const residual_t* res = t[2].template const_data_ptr<residual_t>();
                   const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
                   parallel_runs_with_bits(layout, input.numel(), rng, threshold,
                                           [&](const int64_t* at, int64_t count, const uint16_t* bits) {

@@ -8,7 +8,10 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../dropout_math.h"
+#include "../residual_types.h"
 #include "../decisions.h"
 #include "element_walk.h"
 #include "op_helpers.h"
@@ -218,7 +221,7 @@ auto indexed_kernel(Variant variant, double p, const DecisionIndex& index) {
   };
 }
 
-// residual + drop_path(branch), per sample.
+// residual + drop_path(branch), per sample; the residual and the output of the branch's type or a wider one.
 auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p) {
   return [&residual, variant, p](const at::Tensor& branch, at::Tensor& output, RngState rng) {
     const DropThreshold threshold = drop_threshold(p);
@@ -226,12 +229,14 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
     const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
     auto make = [&samples](const std::array<at::Tensor, 3>& t) { return grouped_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cpu", [&] {
+      with_branch_and_residual_types(
+          branch.scalar_type(), residual.scalar_type(), [&](auto branch_type, auto residual_type) {
+            using scalar_t = typename decltype(branch_type)::type;
+            using residual_t = typename decltype(residual_type)::type;
             const auto factors = dropout_factors<scalar_t>(variant, p);
-            scalar_t* out = t[0].template data_ptr<scalar_t>();
+            residual_t* out = t[0].template data_ptr<residual_t>();
             const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-            const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+            const residual_t* res = t[2].template const_data_ptr<residual_t>();
             const int64_t so = layout.inner_stride(0), si = layout.inner_stride(1), sr = layout.inner_stride(2);
             const int64_t ro = layout.strides[0][0], ri = layout.strides[1][0], rr = layout.strides[2][0];
             const bool rows_done =
@@ -243,9 +248,9 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
             parallel_group_runs(
                 layout, branch.numel(), 0, rng, threshold,
                 [&](const int64_t* at, int64_t done, int64_t count, const uint16_t* bits, bool uniform) {
-                  scalar_t* o = out + at[0] + done * so;
+                  residual_t* o = out + at[0] + done * so;
                   const scalar_t* i = in + at[1] + done * si;
-                  const scalar_t* r = res + at[2] + done * sr;
+                  const residual_t* r = res + at[2] + done * sr;
                   if (uniform) {
                     add_uniform_run(o, so, i, si, r, sr, count, is_kept(bits[0], compare), factors);
                     return;
@@ -257,6 +262,52 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
                   }
                 });
           });
+    });
+  };
+}
+
+// The row of branch_kept that holds each sample's branch, or -1 (a dropped sample).
+std::vector<int64_t> kept_rows(const at::Tensor& indices, int64_t batch) {
+  std::vector<int64_t> rows(batch, -1);
+  const at::Tensor contiguous = indices.contiguous();
+  const int64_t* samples = contiguous.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < contiguous.numel(); ++j) {
+    const int64_t s = samples[j];
+    TORCH_CHECK_INDEX(s >= 0 && s < batch, "fastdrop.drop_path_add_subset: index ", s,
+                      " is out of bounds for a batch of ", batch);
+    TORCH_CHECK(rows[s] < 0, "fastdrop.drop_path_add_subset: a sample appears twice in indices (", s, ")");
+    rows[s] = j;
+  }
+  return rows;
+}
+
+// residual + drop_path(branch) from the kept samples' branches (drop_path_add_subset):
+// each sample's block is the residual's, plus its scaled branch row where kept.
+// Threads split samples, and long samples into column chunks.
+auto subset_kernel(Variant variant, double p) {
+  return [variant, p](const at::Tensor& residual, const at::Tensor& branch_kept, const at::Tensor& indices,
+                      at::Tensor& output) {
+    const int64_t batch = residual.size(0), row = residual.numel() / batch;
+    const std::vector<int64_t> rows = kept_rows(indices, batch);
+    with_sample_blocks(residual, branch_kept, output, [&](const at::Tensor& r, const at::Tensor& b, at::Tensor& o) {
+      with_branch_and_residual_types(b.scalar_type(), r.scalar_type(), [&](auto branch_type, auto residual_type) {
+        using scalar_t = typename decltype(branch_type)::type;
+        using residual_t = typename decltype(residual_type)::type;
+        const auto factors = dropout_factors<scalar_t>(variant, p);
+        residual_t* out = o.template data_ptr<residual_t>();
+        const residual_t* res = r.template const_data_ptr<residual_t>();
+        const scalar_t* in = b.template const_data_ptr<scalar_t>();
+        const int64_t chunk = std::min(row, kGrainElements), chunks = (row + chunk - 1) / chunk;
+        at::parallel_for(
+            0, batch * chunks, std::max<int64_t>(1, kGrainElements / chunk), [&](int64_t begin, int64_t end) {
+              for (int64_t item = begin; item < end; ++item) {
+                const int64_t s = item / chunks, column = item % chunks * chunk, count = std::min(chunk, row - column);
+                const int64_t kept_row = rows[s];
+                add_uniform_contiguous(out + s * row + column, in + std::max<int64_t>(kept_row, 0) * row + column,
+                                       res + s * row + column, count, kept_row >= 0, factors);
+              }
+            });
+      });
     });
   };
 }

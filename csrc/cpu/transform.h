@@ -55,25 +55,26 @@ FASTDROP_ALWAYS_INLINE void shared_rows_loop(scalar_t* out, int64_t out_row_stri
   }
 }
 
-// residual + dropout(in [+ bias]), element by element (dropout_add, bias_dropout_add).
-template <bool kBias, typename scalar_t>
-FASTDROP_ALWAYS_INLINE void add_dropout_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
-                                             const scalar_t* residual, int64_t residual_stride, const scalar_t* bias,
+// residual + dropout(in [+ bias]), element by element (dropout_add, bias_dropout_add). The residual
+// and the output are of the branch's type or a wider one (add_to_residual).
+template <bool kBias, typename scalar_t, typename residual_t>
+FASTDROP_ALWAYS_INLINE void add_dropout_loop(residual_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                                             const residual_t* residual, int64_t residual_stride, const scalar_t* bias,
                                              int64_t bias_stride, const uint16_t* bits, int64_t count, uint32_t compare,
                                              DropoutFactors<scalar_t> factors) {
   for (int64_t i = 0; i < count; ++i) {
     scalar_t value = in[i * in_stride];
     if constexpr (kBias) value = add_elements(value, bias[i * bias_stride]);
     out[i * out_stride] =
-        add_elements(residual[i * residual_stride], apply_dropout<false>(value, is_kept(bits[i], compare), factors));
+        add_to_residual(residual[i * residual_stride], apply_dropout<false>(value, is_kept(bits[i], compare), factors));
   }
 }
 
 // residual + drop_path(in) over a run that shares one decision; a dropped run
 // copies the residual and never reads the input (drop_path_add).
-template <typename scalar_t>
-FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
-                                             const scalar_t* residual, int64_t residual_stride, int64_t count,
+template <typename scalar_t, typename residual_t>
+FASTDROP_ALWAYS_INLINE void add_uniform_loop(residual_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                                             const residual_t* residual, int64_t residual_stride, int64_t count,
                                              bool kept, DropoutFactors<scalar_t> factors) {
   if (!kept) {
     for (int64_t i = 0; i < count; ++i) out[i * out_stride] = residual[i * residual_stride];
@@ -81,7 +82,7 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
   }
   for (int64_t i = 0; i < count; ++i) {
     out[i * out_stride] =
-        add_elements(residual[i * residual_stride], apply_dropout<false>(in[i * in_stride], true, factors));
+        add_to_residual(residual[i * residual_stride], apply_dropout<false>(in[i * in_stride], true, factors));
   }
 }
 
@@ -95,22 +96,27 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(scalar_t* out, int64_t out_stride, 
                             bool affine, DropoutFactors<scalar_t> factors);                                            \
   void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, bool affine,          \
                                     DropoutFactors<scalar_t> factors);                                                 \
-  void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,       \
-                              const uint16_t* bits, int64_t count, uint32_t compare,                                   \
-                              DropoutFactors<scalar_t> factors);                                                       \
-  void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual, int64_t count, bool kept,   \
-                              DropoutFactors<scalar_t> factors);                                                       \
   void transform_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,        \
                               int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine, \
                               DropoutFactors<scalar_t> factors);                                                       \
   void transform_shared_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,         \
                              int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,      \
-                             DropoutFactors<scalar_t> factors);                                                        \
-  void add_uniform_rows(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,              \
-                        const scalar_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,         \
-                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);
+                             DropoutFactors<scalar_t> factors);
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
+
+// The residual forms' unit-stride loops, for each branch type and residual type (the same, or wider).
+#define FASTDROP_DECLARE_ADD_CONTIGUOUS(scalar_t, residual_t)                                                        \
+  void add_dropout_contiguous(residual_t* out, const scalar_t* in, const residual_t* residual, const scalar_t* bias, \
+                              const uint16_t* bits, int64_t count, uint32_t compare,                                 \
+                              DropoutFactors<scalar_t> factors);                                                     \
+  void add_uniform_contiguous(residual_t* out, const scalar_t* in, const residual_t* residual, int64_t count,        \
+                              bool kept, DropoutFactors<scalar_t> factors);                                          \
+  void add_uniform_rows(residual_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,          \
+                        const residual_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,     \
+                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);
+FASTDROP_FOR_EACH_RESIDUAL_TYPE(FASTDROP_DECLARE_ADD_CONTIGUOUS)
+#undef FASTDROP_DECLARE_ADD_CONTIGUOUS
 
 template <typename scalar_t>
 void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const uint16_t* bits,
@@ -137,10 +143,10 @@ void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in
 }
 
 // bias: nullptr for dropout_add.
-template <typename scalar_t>
-void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const scalar_t* residual,
-                     int64_t residual_stride, const scalar_t* bias, int64_t bias_stride, const uint16_t* bits,
-                     int64_t count, uint32_t compare, DropoutFactors<scalar_t> factors) {
+template <typename scalar_t, typename residual_t>
+void add_dropout_run(residual_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                     const residual_t* residual, int64_t residual_stride, const scalar_t* bias, int64_t bias_stride,
+                     const uint16_t* bits, int64_t count, uint32_t compare, DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1 && (bias == nullptr || bias_stride == 1)) {
     add_dropout_contiguous(out, in, residual, bias, bits, count, compare, factors);
   } else if (bias != nullptr) {
@@ -152,9 +158,10 @@ void add_dropout_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int6
   }
 }
 
-template <typename scalar_t>
-void add_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, const scalar_t* residual,
-                     int64_t residual_stride, int64_t count, bool kept, DropoutFactors<scalar_t> factors) {
+template <typename scalar_t, typename residual_t>
+void add_uniform_run(residual_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride,
+                     const residual_t* residual, int64_t residual_stride, int64_t count, bool kept,
+                     DropoutFactors<scalar_t> factors) {
   if (out_stride == 1 && in_stride == 1 && residual_stride == 1) {
     add_uniform_contiguous(out, in, residual, count, kept, factors);
   } else {

@@ -9,25 +9,49 @@
 
 namespace fastdrop::cpu {
 
-#define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                                \
-  FASTDROP_CPU_CLONES void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits,              \
-                                                int64_t count, uint32_t compare, bool affine,                         \
-                                                DropoutFactors<scalar_t> factors) {                                   \
-    if (affine) {                                                                                                     \
-      transform_loop<true>(out, 1, in, 1, bits, count, compare, factors);                                             \
-    } else {                                                                                                          \
-      transform_loop<false>(out, 1, in, 1, bits, count, compare, factors);                                            \
-    }                                                                                                                 \
-  }                                                                                                                   \
-  FASTDROP_CPU_CLONES void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept,  \
-                                                        bool affine, DropoutFactors<scalar_t> factors) {              \
-    if (affine) {                                                                                                     \
-      transform_uniform_loop<true>(out, 1, in, 1, count, kept, factors);                                              \
-    } else {                                                                                                          \
-      transform_uniform_loop<false>(out, 1, in, 1, count, kept, factors);                                             \
-    }                                                                                                                 \
-  }                                                                                                                   \
-  FASTDROP_CPU_CLONES void add_dropout_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,        \
+#define FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(scalar_t)                                                               \
+  FASTDROP_CPU_CLONES void transform_contiguous(scalar_t* out, const scalar_t* in, const uint16_t* bits,             \
+                                                int64_t count, uint32_t compare, bool affine,                        \
+                                                DropoutFactors<scalar_t> factors) {                                  \
+    if (affine) {                                                                                                    \
+      transform_loop<true>(out, 1, in, 1, bits, count, compare, factors);                                            \
+    } else {                                                                                                         \
+      transform_loop<false>(out, 1, in, 1, bits, count, compare, factors);                                           \
+    }                                                                                                                \
+  }                                                                                                                  \
+  FASTDROP_CPU_CLONES void transform_uniform_contiguous(scalar_t* out, const scalar_t* in, int64_t count, bool kept, \
+                                                        bool affine, DropoutFactors<scalar_t> factors) {             \
+    if (affine) {                                                                                                    \
+      transform_uniform_loop<true>(out, 1, in, 1, count, kept, factors);                                             \
+    } else {                                                                                                         \
+      transform_uniform_loop<false>(out, 1, in, 1, count, kept, factors);                                            \
+    }                                                                                                                \
+  }                                                                                                                  \
+  FASTDROP_CPU_CLONES void transform_uniform_rows(                                                                   \
+      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,            \
+      int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {     \
+    if (affine) {                                                                                                    \
+      uniform_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);   \
+    } else {                                                                                                         \
+      uniform_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);  \
+    }                                                                                                                \
+  }                                                                                                                  \
+  FASTDROP_CPU_CLONES void transform_shared_rows(                                                                    \
+      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,            \
+      int64_t rows, const uint16_t* bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {         \
+    if (affine) {                                                                                                    \
+      shared_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);        \
+    } else {                                                                                                         \
+      shared_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);       \
+    }                                                                                                                \
+  }
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(float)
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(double)
+FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(c10::BFloat16)
+#undef FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS
+
+#define FASTDROP_DEFINE_ADD_CONTIGUOUS(scalar_t, residual_t)                                                          \
+  FASTDROP_CPU_CLONES void add_dropout_contiguous(residual_t* out, const scalar_t* in, const residual_t* residual,    \
                                                   const scalar_t* bias, const uint16_t* bits, int64_t count,          \
                                                   uint32_t compare, DropoutFactors<scalar_t> factors) {               \
     if (bias != nullptr) {                                                                                            \
@@ -36,30 +60,12 @@ namespace fastdrop::cpu {
       add_dropout_loop<false>(out, 1, in, 1, residual, 1, bias, 0, bits, count, compare, factors);                    \
     }                                                                                                                 \
   }                                                                                                                   \
-  FASTDROP_CPU_CLONES void add_uniform_contiguous(scalar_t* out, const scalar_t* in, const scalar_t* residual,        \
+  FASTDROP_CPU_CLONES void add_uniform_contiguous(residual_t* out, const scalar_t* in, const residual_t* residual,    \
                                                   int64_t count, bool kept, DropoutFactors<scalar_t> factors) {       \
     add_uniform_loop(out, 1, in, 1, residual, 1, count, kept, factors);                                               \
   }                                                                                                                   \
-  FASTDROP_CPU_CLONES void transform_uniform_rows(                                                                    \
-      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,             \
-      int64_t rows, const uint16_t* row_bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {      \
-    if (affine) {                                                                                                     \
-      uniform_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);    \
-    } else {                                                                                                          \
-      uniform_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, row_bits, compare, factors);   \
-    }                                                                                                                 \
-  }                                                                                                                   \
-  FASTDROP_CPU_CLONES void transform_shared_rows(                                                                     \
-      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t row_size,             \
-      int64_t rows, const uint16_t* bits, uint32_t compare, bool affine, DropoutFactors<scalar_t> factors) {          \
-    if (affine) {                                                                                                     \
-      shared_rows_loop<true>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);         \
-    } else {                                                                                                          \
-      shared_rows_loop<false>(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, factors);        \
-    }                                                                                                                 \
-  }                                                                                                                   \
   FASTDROP_CPU_CLONES void add_uniform_rows(                                                                          \
-      scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, const scalar_t* residual,     \
+      residual_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, const residual_t* residual, \
       int64_t residual_row_stride, int64_t row_size, int64_t rows, const uint16_t* row_bits, uint32_t compare,        \
       DropoutFactors<scalar_t> factors) {                                                                             \
     for (int64_t r = 0; r < rows; ++r) {                                                                              \
@@ -67,10 +73,13 @@ namespace fastdrop::cpu {
                        row_size, is_kept(row_bits[r], compare), factors);                                             \
     }                                                                                                                 \
   }
-FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(float)
-FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(double)
-FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(c10::BFloat16)
-#undef FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS
+FASTDROP_DEFINE_ADD_CONTIGUOUS(float, float)
+FASTDROP_DEFINE_ADD_CONTIGUOUS(float, double)
+FASTDROP_DEFINE_ADD_CONTIGUOUS(double, double)
+FASTDROP_DEFINE_ADD_CONTIGUOUS(c10::BFloat16, c10::BFloat16)
+FASTDROP_DEFINE_ADD_CONTIGUOUS(c10::BFloat16, float)
+FASTDROP_DEFINE_ADD_CONTIGUOUS(c10::BFloat16, double)
+#undef FASTDROP_DEFINE_ADD_CONTIGUOUS
 
 // fp16: a chunk at a time through float buffers (half_cpu.h converts by the CPU's instructions), the
 // float loops below in between, and values rounded to fp16 where apply_dropout and add_elements round
@@ -106,12 +115,66 @@ void round_to_half(float* x, int64_t count) {
   half_to_float(rounded, x, count);
 }
 
-// residual + x (x already rounded), rounded into out.
+// residual + x (x already rounded to fp16, in float), rounded into out: an fp16
+// residual's sum rounded to fp16, a float one's exact in float, a double one's in double.
 void add_residual(float* x, const c10::Half* residual, c10::Half* out, int64_t count) {
   alignas(64) float r[kHalfChunk];
   half_to_float(residual, r, count);
   add(x, r, count);
   float_to_half(x, out, count);
+}
+
+FASTDROP_CPU_CLONES void add_residual(float* x, const float* residual, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = x[i] + residual[i];
+}
+
+FASTDROP_CPU_CLONES void add_residual(float* x, const double* residual, double* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<double>(x[i]) + residual[i];
+}
+
+template <typename residual_t>
+void half_add_dropout(residual_t* out, const c10::Half* in, const residual_t* residual, const c10::Half* bias,
+                      const uint16_t* bits, int64_t count, uint32_t compare, DropoutFactors<c10::Half> factors) {
+  alignas(64) float x[kHalfChunk], b[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    if (bias != nullptr) {
+      half_to_float(bias + done, b, n);
+      add(x, b, n);
+      round_to_half(x, n);
+    }
+    scale_by_bits(x, bits + done, n, compare, factors.keep_mul);
+    round_to_half(x, n);
+    add_residual(x, residual + done, out + done, n);
+  }
+}
+
+template <typename residual_t>
+void half_add_uniform(residual_t* out, const c10::Half* in, const residual_t* residual, int64_t count, bool kept,
+                      DropoutFactors<c10::Half> factors) {
+  if (!kept) {  // the residual itself; the branch is never read
+    std::memmove(out, residual, count * sizeof(residual_t));
+    return;
+  }
+  alignas(64) float x[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    half_to_float(in + done, x, n);
+    scale(x, n, factors.keep_mul);
+    round_to_half(x, n);
+    add_residual(x, residual + done, out + done, n);
+  }
+}
+
+template <typename residual_t>
+void half_add_uniform_rows(residual_t* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
+                           const residual_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,
+                           const uint16_t* row_bits, uint32_t compare, DropoutFactors<c10::Half> factors) {
+  for (int64_t r = 0; r < rows; ++r) {
+    half_add_uniform(out + r * out_row_stride, in + r * in_row_stride, residual + r * residual_row_stride, row_size,
+                     is_kept(row_bits[r], compare), factors);
+  }
 }
 
 }  // namespace
@@ -143,39 +206,6 @@ void transform_uniform_contiguous(c10::Half* out, const c10::Half* in, int64_t c
       add_constant(x, n, kept ? factors.keep_add : factors.drop_add);
     }
     float_to_half(x, out + done, n);
-  }
-}
-
-void add_dropout_contiguous(c10::Half* out, const c10::Half* in, const c10::Half* residual, const c10::Half* bias,
-                            const uint16_t* bits, int64_t count, uint32_t compare, DropoutFactors<c10::Half> factors) {
-  alignas(64) float x[kHalfChunk], b[kHalfChunk];
-  for (int64_t done = 0; done < count; done += kHalfChunk) {
-    const int64_t n = std::min(kHalfChunk, count - done);
-    half_to_float(in + done, x, n);
-    if (bias != nullptr) {
-      half_to_float(bias + done, b, n);
-      add(x, b, n);
-      round_to_half(x, n);
-    }
-    scale_by_bits(x, bits + done, n, compare, factors.keep_mul);
-    round_to_half(x, n);
-    add_residual(x, residual + done, out + done, n);
-  }
-}
-
-void add_uniform_contiguous(c10::Half* out, const c10::Half* in, const c10::Half* residual, int64_t count, bool kept,
-                            DropoutFactors<c10::Half> factors) {
-  if (!kept) {  // the residual itself; the branch is never read
-    std::memmove(out, residual, count * sizeof(c10::Half));
-    return;
-  }
-  alignas(64) float x[kHalfChunk];
-  for (int64_t done = 0; done < count; done += kHalfChunk) {
-    const int64_t n = std::min(kHalfChunk, count - done);
-    half_to_float(in + done, x, n);
-    scale(x, n, factors.keep_mul);
-    round_to_half(x, n);
-    add_residual(x, residual + done, out + done, n);
   }
 }
 
@@ -276,13 +306,26 @@ void transform_shared_rows(c10::Half* out, int64_t out_row_stride, const c10::Ha
       });
 }
 
-void add_uniform_rows(c10::Half* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
-                      const c10::Half* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,
-                      const uint16_t* row_bits, uint32_t compare, DropoutFactors<c10::Half> factors) {
-  for (int64_t r = 0; r < rows; ++r) {
-    add_uniform_contiguous(out + r * out_row_stride, in + r * in_row_stride, residual + r * residual_row_stride,
-                           row_size, is_kept(row_bits[r], compare), factors);
+// The fp16 branch's residual forms, one set per residual type.
+#define FASTDROP_DEFINE_HALF_ADD(residual_t)                                                                           \
+  void add_dropout_contiguous(residual_t* out, const c10::Half* in, const residual_t* residual, const c10::Half* bias, \
+                              const uint16_t* bits, int64_t count, uint32_t compare,                                   \
+                              DropoutFactors<c10::Half> factors) {                                                     \
+    half_add_dropout(out, in, residual, bias, bits, count, compare, factors);                                          \
+  }                                                                                                                    \
+  void add_uniform_contiguous(residual_t* out, const c10::Half* in, const residual_t* residual, int64_t count,         \
+                              bool kept, DropoutFactors<c10::Half> factors) {                                          \
+    half_add_uniform(out, in, residual, count, kept, factors);                                                         \
+  }                                                                                                                    \
+  void add_uniform_rows(residual_t* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,           \
+                        const residual_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,       \
+                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<c10::Half> factors) {               \
+    half_add_uniform_rows(out, out_row_stride, in, in_row_stride, residual, residual_row_stride, row_size, rows,       \
+                          row_bits, compare, factors);                                                                 \
   }
-}
+FASTDROP_DEFINE_HALF_ADD(c10::Half)
+FASTDROP_DEFINE_HALF_ADD(float)
+FASTDROP_DEFINE_HALF_ADD(double)
+#undef FASTDROP_DEFINE_HALF_ADD
 
 }  // namespace fastdrop::cpu

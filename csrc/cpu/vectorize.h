@@ -23,3 +23,16 @@
   DEFINE(double)                             \
   DEFINE(c10::Half)                          \
   DEFINE(c10::BFloat16)
+
+// DEFINE(scalar_t, residual_t) for each branch type and each residual type it
+// takes (with_residual_type: its own, float for 16 bits, double).
+#define FASTDROP_FOR_EACH_RESIDUAL_TYPE(DEFINE) \
+  DEFINE(float, float)                          \
+  DEFINE(float, double)                         \
+  DEFINE(double, double)                        \
+  DEFINE(c10::Half, c10::Half)                  \
+  DEFINE(c10::Half, float)                      \
+  DEFINE(c10::Half, double)                     \
+  DEFINE(c10::BFloat16, c10::BFloat16)          \
+  DEFINE(c10::BFloat16, float)                  \
+  DEFINE(c10::BFloat16, double)

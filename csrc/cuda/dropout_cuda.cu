@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../dropout_math.h"
+#include "../residual_types.h"
 #include "../decisions.h"
 #include "index_map.cuh"
 #include "op_helpers.cuh"
@@ -51,10 +52,11 @@ __global__ void __launch_bounds__(kThreads)
 // residual + dropout(input [+ bias]) on contiguous, 16-byte aligned operands;
 // the bias (broadcast over the last dim, `columns` long, a multiple of 8) is
 // read a pack at a time. Its column advances with the loop, without a division.
-template <typename scalar_t, bool kBias>
+// The residual and the output: the input's type, or a wider one (residual_t).
+template <typename scalar_t, bool kBias, typename residual_t>
 __global__ void __launch_bounds__(kThreads)
-    add_dropout_contiguous_kernel(const scalar_t* in, const scalar_t* residual, const scalar_t* bias, int64_t columns,
-                                  scalar_t* out, int64_t numel, KernelRng rng_source, DropThreshold threshold,
+    add_dropout_contiguous_kernel(const scalar_t* in, const residual_t* residual, const scalar_t* bias, int64_t columns,
+                                  residual_t* out, int64_t numel, KernelRng rng_source, DropThreshold threshold,
                                   DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t full_packs = numel / kElementsPerBlock;
@@ -67,7 +69,7 @@ __global__ void __launch_bounds__(kThreads)
     bool kept[kElementsPerBlock];
     decide_pack(contract_block(rng.seed, rng.offset, pack), threshold, rng, first, kept);
     Pack8<scalar_t> x = load_pack(in + first);
-    Pack8<scalar_t> result = load_pack(residual + first);
+    Pack8<residual_t> result = load_pack(residual + first);
     if constexpr (kBias) {
       const Pack8<scalar_t> b = load_pack(bias + column);
 #pragma unroll
@@ -75,7 +77,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-      result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], kept[lane], factors));
+      result.value[lane] =
+          add_to_residual(result.value[lane], apply_dropout<false>(x.value[lane], kept[lane], factors));
     }
     store_pack(out + first, result);
     if constexpr (kBias) {
@@ -89,28 +92,28 @@ __global__ void __launch_bounds__(kThreads)
     const bool kept = keeps(element_bits(bits, lane), threshold, rng.seed, rng.offset, index);
     scalar_t value = in[index];
     if constexpr (kBias) value = add_elements(value, bias[index % columns]);
-    out[index] = add_elements(residual[index], apply_dropout<false>(value, kept, factors));
+    out[index] = add_to_residual(residual[index], apply_dropout<false>(value, kept, factors));
   });
 }
 
 // Any layout (32-bit indices, up to 4 dims). A pack within one innermost row
 // steps through it by the row's strides; a pack across rows (or the partial
-// last one) locates each element.
-template <typename scalar_t, bool kAffine, int kOperands>
+// last one) locates each element. The output (and a residual): residual_t.
+template <typename scalar_t, bool kAffine, int kOperands, typename residual_t>
 __global__ void __launch_bounds__(kThreads)
-    elementwise_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, const scalar_t* bias,
+    elementwise_strided_kernel(residual_t* out, const scalar_t* in, const residual_t* residual, const scalar_t* bias,
                                StridedMap<kOperands> map, int64_t numel, KernelRng rng_source, DropThreshold threshold,
                                DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
   const int64_t packs = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   // One element, its operands at out_at, in_at, residual_at, bias_at.
-  auto element = [&](scalar_t* o, const scalar_t* x, const scalar_t* r, const scalar_t* b, bool kept) {
+  auto element = [&](residual_t* o, const scalar_t* x, const residual_t* r, const scalar_t* b, bool kept) {
     scalar_t value = *x;
     if constexpr (kOperands == 4) value = add_elements(value, *b);
     if constexpr (kOperands == 2) {
       *o = apply_dropout<kAffine>(value, kept, factors);
     } else {
-      *o = add_elements(*r, apply_dropout<false>(value, kept, factors));
+      *o = add_to_residual(*r, apply_dropout<false>(value, kept, factors));
     }
   };
   for (int64_t pack = first_pack(); pack < packs; pack += pack_stride()) {
@@ -120,9 +123,9 @@ __global__ void __launch_bounds__(kThreads)
     int32_t at[kOperands];
     const int32_t inner = map.locate(static_cast<int32_t>(first), at);
     if (!rare(inner + kElementsPerBlock > map.inner_size() || first + kElementsPerBlock > numel)) {
-      scalar_t* o = out + at[0];
+      residual_t* o = out + at[0];
       const scalar_t* x = in + at[1];
-      const scalar_t* r = kOperands >= 3 ? residual + at[2] : nullptr;
+      const residual_t* r = kOperands >= 3 ? residual + at[2] : nullptr;
       const scalar_t* b = kOperands == 4 ? bias + at[3] : nullptr;
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
@@ -145,12 +148,12 @@ __global__ void __launch_bounds__(kThreads)
 
 int grid_for(int64_t numel) { return grid_size((numel + kElementsPerBlock - 1) / kElementsPerBlock, kThreads); }
 
-template <typename scalar_t, bool kAffine, int kOperands>
-void launch_strided(const StridedLayout<kOperands>& layout, scalar_t* out, const scalar_t* in, const scalar_t* residual,
-                    const scalar_t* bias, int64_t numel, const KernelRng& rng, const DropThreshold& threshold,
-                    const DropoutFactors<scalar_t>& factors) {
+template <typename scalar_t, bool kAffine, int kOperands, typename residual_t>
+void launch_strided(const StridedLayout<kOperands>& layout, residual_t* out, const scalar_t* in,
+                    const residual_t* residual, const scalar_t* bias, int64_t numel, const KernelRng& rng,
+                    const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
   FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
-                  elementwise_strided_kernel<scalar_t, kAffine, kOperands>)(
+                  elementwise_strided_kernel<scalar_t, kAffine, kOperands, residual_t>)(
       out, in, residual, bias, StridedMap<kOperands>(layout), numel, rng, threshold, factors);
   check_launch();
 }
@@ -187,7 +190,8 @@ auto elementwise_kernel(Variant variant, double p) {
         with_affine(is_affine(variant, p), [&](auto affine) {
           constexpr bool kAffine = decltype(affine)::value;
           if (!vectorizable(t)) {
-            launch_strided<scalar_t, kAffine>(layout, out, in, nullptr, nullptr, numel, rng, threshold, factors);
+            launch_strided<scalar_t, kAffine>(layout, out, in, static_cast<const scalar_t*>(nullptr), nullptr, numel,
+                                              rng, threshold, factors);
             return;
           }
           FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
@@ -199,7 +203,8 @@ auto elementwise_kernel(Variant variant, double p) {
   };
 }
 
-// residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim.
+// residual + dropout(input [+ bias]); bias, when defined, is broadcast over the last dim. The
+// residual and the output: the input's type or a wider one.
 auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, double p) {
   return [&residual, &bias, p](const at::Tensor& input, at::Tensor& output, const KernelRng& rng) {
     const DropThreshold threshold = drop_threshold(p);
@@ -218,19 +223,21 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
         return fast(t) ? elementwise_layout<kTensors>(t) : kernel_layout<kTensors>(t);
       };
       with_layout<kTensors>(tensors, make, [&](const StridedLayout<kTensors>& layout, const auto& t) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(
-            at::kHalf, at::kBFloat16, input.scalar_type(), "fastdrop_dropout_add_cuda", [&] {
+        with_branch_and_residual_types(
+            input.scalar_type(), residual.scalar_type(), [&](auto branch_type, auto residual_type) {
+              using scalar_t = typename decltype(branch_type)::type;
+              using residual_t = typename decltype(residual_type)::type;
               const auto factors = dropout_factors<scalar_t>(Variant::kScaleOpMath, p);
-              scalar_t* out = t[0].template data_ptr<scalar_t>();
+              residual_t* out = t[0].template data_ptr<residual_t>();
               const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-              const scalar_t* res = t[2].template const_data_ptr<scalar_t>();
+              const residual_t* res = t[2].template const_data_ptr<residual_t>();
               const scalar_t* b = kBias ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
               if (!fast(t)) {
                 launch_strided<scalar_t, false>(layout, out, in, res, b, numel, rng, threshold, factors);
                 return;
               }
               FASTDROP_LAUNCH(grid_for(numel), kThreads, current_stream(),
-                              add_dropout_contiguous_kernel<scalar_t, kBias>)(
+                              add_dropout_contiguous_kernel<scalar_t, kBias, residual_t>)(
                   in, res, kBias ? bias.const_data_ptr<scalar_t>() : nullptr, columns, out, numel, rng, threshold,
                   factors);
               check_launch();

@@ -1,6 +1,7 @@
 // Grouped decisions on CUDA: feature dropout and feature alpha dropout (per
-// channel), drop path and stochastic depth (per sample or per batch), and
-// drop_path_add, which never loads a dropped sample's branch. Threads take
+// channel), drop path and stochastic depth (per sample or per batch),
+// drop_path_add, which never loads a dropped sample's branch, and
+// drop_path_add_subset, whose branch holds the kept samples only. Threads take
 // packs of 8 elements consecutive in the output's memory order (so
 // channels_last is as coalesced as NCHW); grouped_layout gives each element's
 // group index as the layout's last operand. Dense tensors whose rows hold
@@ -11,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../dropout_math.h"
+#include "../residual_types.h"
 #include "../decisions.h"
 #include "index_map.cuh"
 #include "op_helpers.cuh"
@@ -112,10 +114,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// residual + drop_path(branch) on dense operands whose samples hold whole packs.
-template <typename scalar_t>
+// residual + drop_path(branch) on dense operands whose samples hold whole packs;
+// the residual and the output of the branch's type or a wider one (residual_t).
+template <typename scalar_t, typename residual_t>
 __global__ void __launch_bounds__(kThreads)
-    drop_path_add_dense_kernel(const scalar_t* branch, const scalar_t* residual, scalar_t* out, DenseGroups groups,
+    drop_path_add_dense_kernel(const scalar_t* branch, const residual_t* residual, residual_t* out, DenseGroups groups,
                                int32_t numel, KernelRng rng_source, DropThreshold threshold,
                                DropoutFactors<scalar_t> factors) {
   const RngState rng = rng_source.load();
@@ -123,12 +126,12 @@ __global__ void __launch_bounds__(kThreads)
   int32_t pack = static_cast<int32_t>(first_pack());
   for (; pack < full_packs; pack += static_cast<int32_t>(pack_stride())) {
     const int32_t first = pack * kElementsPerBlock;
-    Pack8<scalar_t> result = load_pack(residual + first);
+    Pack8<residual_t> result = load_pack(residual + first);
     if (keeps_group(groups.of(first), threshold, rng)) {  // a dropped sample's branch is never loaded
       const Pack8<scalar_t> x = load_pack(branch + first);
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        result.value[lane] = add_elements(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
+        result.value[lane] = add_to_residual(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
       }
     }
     store_pack(out + first, result);
@@ -137,28 +140,72 @@ __global__ void __launch_bounds__(kThreads)
   const bool kept = keeps_group(groups.of(full_packs * kElementsPerBlock), threshold, rng);  // a single row: one group
   for_partial_pack(full_packs, numel, [&](int32_t index, int) {
     out[index] =
-        kept ? add_elements(residual[index], apply_dropout<false>(branch[index], true, factors)) : residual[index];
+        kept ? add_to_residual(residual[index], apply_dropout<false>(branch[index], true, factors)) : residual[index];
   });
 }
 
+// residual + drop_path(branch) from the kept samples' branches (drop_path_add_subset)
+// over a piece of `count` elements: samples of `columns` elements (a whole row,
+// or a part of a long one) `row` apart, in memory order; kept_rows[s] is the row
+// of branch_kept holding sample s's branch, or -1. A pack of 8 consecutive
+// elements: one 16-byte access per operand where the rows hold whole aligned
+// packs (kPacks), else element by element, stepping across rows.
+template <typename scalar_t, typename residual_t, bool kPacks>
+__global__ void __launch_bounds__(kThreads)
+    drop_path_add_subset_kernel(const scalar_t* branch, const residual_t* residual, residual_t* out,
+                                const int64_t* kept_rows, FastDivisor<uint32_t> columns, int64_t row, int32_t count,
+                                DropoutFactors<scalar_t> factors) {
+  const int32_t packs = (count + kElementsPerBlock - 1) / kElementsPerBlock;
+  for (int32_t pack = static_cast<int32_t>(first_pack()); pack < packs; pack += static_cast<int32_t>(pack_stride())) {
+    const uint32_t first = static_cast<uint32_t>(pack) * kElementsPerBlock;
+    uint32_t sample = columns.quotient(first), column = first - sample * columns.divisor;
+    if constexpr (kPacks) {
+      const int64_t at = sample * row + column;
+      Pack8<residual_t> result = load_pack(residual + at);
+      const int64_t kept_row = kept_rows[sample];
+      if (kept_row >= 0) {  // a dropped sample has no branch row
+        const Pack8<scalar_t> x = load_pack(branch + kept_row * row + column);
+#pragma unroll
+        for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+          result.value[lane] = add_to_residual(result.value[lane], apply_dropout<false>(x.value[lane], true, factors));
+        }
+      }
+      store_pack(out + at, result);
+    } else {
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        if (first + lane >= static_cast<uint32_t>(count)) break;
+        const int64_t at = sample * row + column, kept_row = kept_rows[sample];
+        out[at] = kept_row >= 0 ? add_to_residual(residual[at],
+                                                  apply_dropout<false>(branch[kept_row * row + column], true, factors))
+                                : residual[at];
+        if (++column == columns.divisor) {
+          column = 0;
+          ++sample;
+        }
+      }
+    }
+  }
+}
+
 // One element of the general kernels; residual for drop_path_add, whose
-// dropped samples' branch is never read.
-template <bool kAffine, bool kResidual, typename scalar_t>
-__device__ __forceinline__ void grouped_element(scalar_t* out, const scalar_t* in, const scalar_t* residual, bool kept,
+// dropped samples' branch is never read (out_t: the residual's type, else scalar_t).
+template <bool kAffine, bool kResidual, typename scalar_t, typename out_t>
+__device__ __forceinline__ void grouped_element(out_t* out, const scalar_t* in, const out_t* residual, bool kept,
                                                 const DropoutFactors<scalar_t>& factors) {
   if constexpr (!kResidual) {
     *out = apply_dropout<kAffine>(*in, kept, factors);
   } else {
-    *out = kept ? add_elements(*residual, apply_dropout<false>(*in, true, factors)) : *residual;
+    *out = kept ? add_to_residual(*residual, apply_dropout<false>(*in, true, factors)) : *residual;
   }
 }
 
 // Any layout, walked in the output's memory order. A pack within one
 // innermost row whose group does not change along the row makes one
 // decision; any other pack decides and locates each element.
-template <typename scalar_t, bool kAffine, int kOperands>
+template <typename scalar_t, bool kAffine, int kOperands, typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    grouped_strided_kernel(scalar_t* out, const scalar_t* in, const scalar_t* residual, StridedMap<kOperands> map,
+    grouped_strided_kernel(out_t* out, const scalar_t* in, const out_t* residual, StridedMap<kOperands> map,
                            int64_t group_base, int64_t numel, KernelRng rng_source, DropThreshold threshold,
                            DropoutFactors<scalar_t> factors) {
   constexpr int kGroup = kOperands - 1;
@@ -173,9 +220,9 @@ __global__ void __launch_bounds__(kThreads)
     if (!rare(!one_group_per_row || inner + kElementsPerBlock > map.inner_size() ||
               first + kElementsPerBlock > numel)) {
       const bool kept = keeps_group(static_cast<uint64_t>(group_base + at[kGroup]), threshold, rng);
-      scalar_t* o = out + at[0];
+      out_t* o = out + at[0];
       const scalar_t* x = in + at[1];
-      const scalar_t* r = kResidual ? residual + at[2] : nullptr;
+      const out_t* r = kResidual ? residual + at[2] : nullptr;
 #pragma unroll
       for (int lane = 0; lane < kElementsPerBlock; ++lane) {
         grouped_element<kAffine, kResidual>(o + lane * map.inner_stride(0), x + lane * map.inner_stride(1),
@@ -304,17 +351,17 @@ Offsets<kOperands> first_offsets(int64_t index_base) {
   return base;
 }
 
-template <typename scalar_t, bool kAffine, int kOperands>
-void launch_grouped_strided(const StridedLayout<kOperands>& layout, int64_t index_base, scalar_t* out,
-                            const scalar_t* in, const scalar_t* residual, int64_t numel, const KernelRng& rng,
-                            const DropThreshold& threshold, const DropoutFactors<scalar_t>& factors) {
+template <typename scalar_t, bool kAffine, int kOperands, typename out_t>
+void launch_grouped_strided(const StridedLayout<kOperands>& layout, int64_t index_base, out_t* out, const scalar_t* in,
+                            const out_t* residual, int64_t numel, const KernelRng& rng, const DropThreshold& threshold,
+                            const DropoutFactors<scalar_t>& factors) {
   auto fits = [](const StridedLayout<kOperands>& piece, int64_t count) {
     return fits_strided_map(piece, count, kOperands - 1);
   };
   for_each_piece(layout, numel, first_offsets<kOperands>(index_base), fits,
                  [&](const StridedLayout<kOperands>& piece, const auto& base, int64_t count) {
                    FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(),
-                                   grouped_strided_kernel<scalar_t, kAffine, kOperands>)(
+                                   grouped_strided_kernel<scalar_t, kAffine, kOperands, out_t>)(
                        out + base[0], in + base[1], kOperands == 4 ? residual + base[2] : nullptr,
                        StridedMap<kOperands>(piece), base[kOperands - 1], count, rng, threshold, factors);
                    check_launch();
@@ -351,8 +398,8 @@ void run_grouped(Variant variant, double p, const DecisionIndex& index, const at
       with_affine(is_affine(variant, p), [&](auto affine) {
         constexpr bool kAffine = decltype(affine)::value;
         if (!rows && !channels) {
-          launch_grouped_strided<scalar_t, kAffine>(layout, index.base, out, in, nullptr, numel, rng, threshold,
-                                                    factors);
+          launch_grouped_strided<scalar_t, kAffine>(layout, index.base, out, in, static_cast<const scalar_t*>(nullptr),
+                                                    numel, rng, threshold, factors);
           return;
         }
         for_each_piece(layout, numel, first_offsets<3>(index.base), fits_dense_groups<3>,
@@ -406,12 +453,14 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
     const DecisionIndex samples = leading_dims_index(branch.sizes(), 1);
     auto make = [&samples](const std::array<at::Tensor, 3>& t) { return kernel_layout<4>(t, samples); };
     with_layout<3>({output, branch, residual}, make, [&](const StridedLayout<4>& layout, const auto& t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, branch.scalar_type(), "fastdrop_drop_path_add_cuda", [&] {
+      with_branch_and_residual_types(
+          branch.scalar_type(), residual.scalar_type(), [&](auto branch_type, auto residual_type) {
+            using scalar_t = typename decltype(branch_type)::type;
+            using residual_t = typename decltype(residual_type)::type;
             const auto factors = dropout_factors<scalar_t>(variant, p);
             const scalar_t* x = t[1].template const_data_ptr<scalar_t>();
-            const scalar_t* r = t[2].template const_data_ptr<scalar_t>();
-            scalar_t* out = t[0].template data_ptr<scalar_t>();
+            const residual_t* r = t[2].template const_data_ptr<residual_t>();
+            residual_t* out = t[0].template data_ptr<residual_t>();
             const bool dense = dense_alike(t[0], {&t[1], &t[2]}) && dense_rows(layout);
             if (!dense) {
               launch_grouped_strided<scalar_t, false>(layout, 0, out, x, r, numel, rng, threshold, factors);
@@ -420,12 +469,68 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
             for_each_piece(layout, numel, Offsets<4>{}, fits_dense_groups<4>,
                            [&](const StridedLayout<4>& piece, const auto& base, int64_t count) {
                              FASTDROP_LAUNCH(grid_for(count), kThreads, current_stream(),
-                                             drop_path_add_dense_kernel<scalar_t>)(
+                                             drop_path_add_dense_kernel<scalar_t, residual_t>)(
                                  x + base[1], r + base[2], out + base[0], dense_groups_of(piece, base),
                                  static_cast<int32_t>(count), rng, threshold, factors);
                              check_launch();
                            });
           });
+    });
+  };
+}
+
+// The row of branch_kept that holds each sample's branch, or -1 (a dropped
+// sample), built on the device; bounds are index_put_'s checks, and a sample
+// named twice fails an asynchronous assert (no host sync).
+at::Tensor kept_rows_of(const at::Tensor& indices, int64_t batch) {
+  const int64_t kept = indices.numel();
+  at::Tensor rows = at::full({batch}, -1, indices.options());
+  rows.index_put_({indices}, at::arange(kept, indices.options()));
+  at::_assert_async(rows.ge(0).sum().eq(kept), "fastdrop.drop_path_add_subset: a sample appears twice in indices");
+  return rows;
+}
+
+// residual + drop_path(branch) from the kept samples' branches
+// (drop_path_add_subset), launched in pieces of whole samples (or of a long
+// sample's columns) that 32-bit indices reach.
+auto subset_kernel(Variant variant, double p) {
+  return [variant, p](const at::Tensor& residual, const at::Tensor& branch_kept, const at::Tensor& indices,
+                      at::Tensor& output) {
+    const int64_t batch = residual.size(0), row = residual.numel() / batch;
+    const at::Tensor kept_rows = kept_rows_of(indices, batch);
+    const int64_t* rows = kept_rows.const_data_ptr<int64_t>();
+    with_sample_blocks(residual, branch_kept, output, [&](const at::Tensor& r, const at::Tensor& b, at::Tensor& o) {
+      with_branch_and_residual_types(b.scalar_type(), r.scalar_type(), [&](auto branch_type, auto residual_type) {
+        using scalar_t = typename decltype(branch_type)::type;
+        using residual_t = typename decltype(residual_type)::type;
+        const auto factors = dropout_factors<scalar_t>(variant, p);
+        residual_t* out = o.template data_ptr<residual_t>();
+        const residual_t* res = r.template const_data_ptr<residual_t>();
+        const scalar_t* in = b.template const_data_ptr<scalar_t>();
+        const int64_t columns = std::min(row, max_kernel_index());
+        const int64_t samples = std::max<int64_t>(1, max_kernel_index() / columns);
+        for (int64_t sample = 0; sample < batch; sample += samples) {
+          for (int64_t column = 0; column < row; column += columns) {
+            const int64_t n = std::min(samples, batch - sample), width = std::min(columns, row - column);
+            const int64_t at = sample * row + column, count = n * width;
+            const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
+                               is_16_byte_aligned(out + at) && is_16_byte_aligned(res + at) &&
+                               is_16_byte_aligned(in + column);
+            const auto launch = [&](auto kernel) {
+              FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
+                              current_stream(), kernel)(in + column, res + at, out + at, rows + sample,
+                                                        FastDivisor<uint32_t>(width), row, static_cast<int32_t>(count),
+                                                        factors);
+              check_launch();
+            };
+            if (packs) {
+              launch(drop_path_add_subset_kernel<scalar_t, residual_t, true>);
+            } else {
+              launch(drop_path_add_subset_kernel<scalar_t, residual_t, false>);
+            }
+          }
+        }
+      });
     });
   };
 }

@@ -27,6 +27,8 @@ class Op:
     # (forward bytes, backward bytes) per element of the main input, in units of the element size
     traffic: tuple[float, float]
     differentiable: tuple[int, ...] = field(default=(0,))  # which inputs get gradients
+    dtypes: tuple[torch.dtype, ...] | None = None  # the dtypes it is measured in (None: any)
+    output_dtype: torch.dtype | None = None  # the output's (and its gradient's) dtype, if not the input's
 
     def bytes_moved(self, numel, itemsize, direction):
         forward, backward = self.traffic
@@ -80,6 +82,29 @@ def x_bias_residual(shape, dtype, device):
         torch.randn(shape[-1], dtype=dtype, device=device),
         torch.randn(shape, dtype=dtype, device=device),
     )
+
+
+def fp32_residual(inputs):
+    """The same operands with the residual stream in float32 beside a 16-bit branch
+    (Megatron's and flash-attention's residual_in_fp32); the residual is the last."""
+
+    def wider(shape, dtype, device):
+        *branch, residual = inputs(shape, dtype, device)
+        return (*branch, residual.float())
+
+    return wider
+
+
+def residual_first_fp32(shape, dtype, device):
+    residual, x = two(shape, dtype, device)
+    return residual.float(), x
+
+
+def kept_subset(shape, dtype, device):
+    """A residual, the samples drop_path_add would keep of it, and their branches alone."""
+    residual = torch.randn(shape, dtype=dtype, device=device)
+    indices = FD.drop_path_keep_indices(shape[0], P, device=device)
+    return residual, torch.randn((indices.numel(), *shape[1:]), dtype=dtype, device=device), indices
 
 
 OPS = [
@@ -157,6 +182,18 @@ OPS = [
         differentiable=(0, 1),
     ),
     Op(
+        "drop_path_add_subset",
+        "drop path",
+        tokens,
+        kept_subset,
+        lambda r, b, i: FD.drop_path_add_subset(r, b, i, P),
+        {"DINOv2": lambda r, b, i: peers.dinov2_index_add(r, b, i, P)},
+        # forward: read the residual and the kept branches ((1 - p) N), write the sum; backward: read the
+        # kept rows of the gradient and write the branch's (the residual's is the gradient itself).
+        (3 - P, 2 * (1 - P)),
+        differentiable=(0, 1),
+    ),
+    Op(
         "dropout_add",
         "residual epilogues",
         rows,
@@ -177,6 +214,32 @@ OPS = [
         # reads it once more (fastdrop leaves that reduction to torch).
         (3, 2),
         differentiable=(0, 1, 2),
+    ),
+    Op(
+        "dropout_add_fp32_residual",
+        "residual epilogues",
+        rows,
+        residual_first_fp32,
+        lambda r, x: FD.dropout_add(r, x, P),
+        {"torch": lambda r, x: peers.eager_dropout_add(r, x, P)},
+        # in units of the 16-bit branch: forward reads it (1) and the fp32 residual (2) and writes
+        # the fp32 sum (2); backward reads the fp32 gradient (2) and writes the branch's (1).
+        (5, 3),
+        differentiable=(0, 1),
+        dtypes=(torch.bfloat16, torch.float16),
+        output_dtype=torch.float32,
+    ),
+    Op(
+        "bias_dropout_add_fp32_residual",
+        "residual epilogues",
+        rows,
+        fp32_residual(x_bias_residual),
+        lambda x, b, r: FD.bias_dropout_add(x, b, r, P),
+        {"Megatron": lambda x, b, r: peers.megatron_bias_dropout_add(x, b, r, P)},
+        (5, 3),
+        differentiable=(0, 1, 2),
+        dtypes=(torch.bfloat16, torch.float16),
+        output_dtype=torch.float32,
     ),
 ]
 

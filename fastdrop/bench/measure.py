@@ -55,7 +55,8 @@ class Case:
         itemsize = torch.empty((), dtype=dtype).element_size()
         self.bytes = op.bytes_moved(self.numel, itemsize, direction)
         self.inputs = Rotation(self._make_inputs, self.bytes, cache_bytes(device))
-        self.grad = torch.randn(self.shape, dtype=dtype, device=device) if self.backward else None
+        grad_dtype = op.output_dtype or dtype
+        self.grad = torch.randn(self.shape, dtype=grad_dtype, device=device) if self.backward else None
         self.functions = {"fastdrop": op.fastdrop, **op.peers}
         if compile_peers:
             self.functions.update(

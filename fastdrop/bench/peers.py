@@ -52,3 +52,11 @@ def locked_dropout(x, p, training=True):
         return x
     mask = x.new_empty(1, x.size(1), x.size(2), requires_grad=False).bernoulli_(1 - p)
     return x * (mask / (1 - p)).expand_as(x)
+
+
+def dinov2_index_add(residual, branch_kept, indices, p):
+    """DINOv2's stochastic depth epilogue: the branch ran on a subset of samples, scattered
+    back with the residual by index_add, scaled by 1 / keep (as drop path scales a kept sample)."""
+    flat = residual.flatten(1)
+    added = torch.index_add(flat, 0, indices, branch_kept.flatten(1).to(residual.dtype), alpha=1 / (1 - p))
+    return added.view_as(residual)

@@ -158,6 +158,7 @@ def main(argv=None):
         (op, dtype, 1 << e, direction)
         for op in ops
         for dtype in dtypes
+        if op.dtypes is None or dtype in op.dtypes
         for e in exps
         for direction in ("fwd", "fwd+bwd")
     ]

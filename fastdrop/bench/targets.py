@@ -44,9 +44,17 @@ TARGETS = [
     ],
     *[
         Target("cpu", op, direction, 1, None, peer, 5.0)
-        for op, peer in (("dropout_add", "torch"), ("bias_dropout_add", "Megatron"))
+        for op, peer in (
+            ("dropout_add", "torch"),
+            ("bias_dropout_add", "Megatron"),
+            ("dropout_add_fp32_residual", "torch"),
+            ("bias_dropout_add_fp32_residual", "Megatron"),
+        )
         for direction in ("fwd", "fwd+bwd")
     ],
+    # Skipping the dropped samples' branch: one pass where DINOv2's index_add copies the residual first.
+    Target("cpu", "drop_path_add_subset", "fwd", 1, None, FASTEST, 1.5),
+    Target("cpu", "drop_path_add_subset", "fwd+bwd", 1, None, FASTEST, 1.0),
     Target("cuda", "dropout", "fwd+bwd", 1 << 26, None, "torch", 1.25),
     *[
         Target("cuda", op, direction, 1 << 26, None, "torch", 3.0)

@@ -62,7 +62,7 @@ class Rotation:
     hit in cache (only for inputs small enough that this matters)."""
 
     def __init__(self, make, nbytes, cache_bytes):
-        copies = 1 if nbytes >= 4 * cache_bytes else min(64, max(2, (4 * cache_bytes) // max(nbytes, 1)))
+        copies = 1 if nbytes >= 4 * cache_bytes else min(64, max(2, int(4 * cache_bytes // max(nbytes, 1))))
         self.items = [make() for _ in range(copies)]
         self.index = 0
 
