@@ -140,10 +140,14 @@ def describe(demangled):
         streams = operands - 1
     else:
         streams = 2
-    # The residual forms' output and residual are of the residual's type (their last
-    # template argument), which may be wider than the branch's.
-    residual = arguments[-1] if streams == 3 and arguments[-1] in SCALARS else scalar
-    bytes_per_element = SCALARS[scalar] + (streams - 1) * SCALARS[residual]
+    # The residual forms' output and residual are of the residual's type (their other
+    # scalar template argument), which may be wider than the branch's; the subset
+    # backward reads a gradient of that type and writes the branch's.
+    residual = next((a for a in arguments[1:] if a in SCALARS), scalar)
+    if kernel == "drop_path_add_subset_backward_kernel":
+        bytes_per_element = SCALARS[scalar] + SCALARS[residual]
+    else:
+        bytes_per_element = SCALARS[scalar] + (streams - 1) * SCALARS[residual]
     dtype = SHORT[scalar] if residual == scalar else f"{SHORT[scalar]}+{SHORT[residual]}"
     kind = (
         "strided"

@@ -340,19 +340,12 @@ std::tuple<Tensor, Tensor> bias_dropout_add_autograd(c10::DispatchKeySet keys, c
   return {output, rng_state};
 }
 
-// drop_path_add_subset's kept scale, 1 / (1 - p) rounded to the branch's dtype
-// (kScaleRounded, from its op-math type), 1 without scale_by_keep, 0 for p == 1.
-Tensor kept_scale(double p, bool scale_by_keep, at::ScalarType dtype) {
-  const at::ScalarType opmath = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  if (p >= 1.0) return at::zeros({}, at::TensorOptions().dtype(dtype));
-  if (!scale_by_keep) return at::ones({}, at::TensorOptions().dtype(dtype));
-  return at::full({}, 1.0 - p, at::TensorOptions().dtype(opmath)).reciprocal().to(dtype);
-}
+using SubsetSignature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, bool);
+using SubsetBackwardSignature = Tensor(const Tensor&, const Tensor&, double, bool, at::ScalarType);
 
 // drop_path_add_subset's backward: the residual's gradient is the incoming one;
-// branch_kept's is the kept samples' rows of it, cast to the branch's dtype,
-// times the kept scale, as drop_path_backward scales a kept sample. Torch ops,
-// so double backward and function transforms come with them.
+// branch_kept's the kept samples' rows of it, cast to the branch's dtype and
+// scaled (drop_path_add_subset_backward, differentiable itself).
 struct SubsetBackward : Node {
   std::string name() const override { return "FastdropDropPathAddSubsetBackward"; }
 
@@ -362,28 +355,50 @@ struct SubsetBackward : Node {
   }
 
   variable_list apply(variable_list&& grads) override {
+    static const auto backward = operator_handle<SubsetBackwardSignature>("fastdrop::drop_path_add_subset_backward");
     variable_list result(2);
     const Tensor& grad = grads[0];
     if (!grad.defined()) return result;
     if (task_should_compute_output(0)) result[0] = grad;
-    if (task_should_compute_output(1)) {
-      Tensor rows = grad.index_select(0, indices_.unpack());
-      if (rows.scalar_type() != branch_dtype_) rows = rows.to(branch_dtype_);
-      result[1] = rows.mul(kept_scale(p_, scale_by_keep_, branch_dtype_));
-    }
+    if (task_should_compute_output(1)) result[1] = backward.call(grad, indices_.unpack(), p_, scale_by_keep_, dtype_);
     return result;
   }
 
   SavedVariable indices_;
   double p_ = 0.0;
   bool scale_by_keep_ = true;
-  at::ScalarType branch_dtype_ = at::ScalarType::Undefined;
+  at::ScalarType dtype_ = at::ScalarType::Undefined;  // branch_kept's
+};
+
+// drop_path_add_subset_backward's own backward (double backward): its gradient
+// scattered back to the kept samples' rows, scaled, in the gradient's dtype:
+// drop_path_add_subset onto zeros.
+struct SubsetGradientBackward : Node {
+  std::string name() const override { return "FastdropDropPathAddSubsetBackwardBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    static const auto subset = operator_handle<SubsetSignature>("fastdrop::drop_path_add_subset");
+    variable_list result(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return result;
+    result[0] = subset.call(at::zeros_symint(sizes_, options_), grads[0], indices_.unpack(), p_, scale_by_keep_);
+    return result;
+  }
+
+  SavedVariable indices_;
+  double p_ = 0.0;
+  bool scale_by_keep_ = true;
+  std::vector<c10::SymInt> sizes_;  // the gradient's
+  at::TensorOptions options_;
 };
 
 Tensor drop_path_add_subset_autograd(c10::DispatchKeySet keys, const Tensor& residual, const Tensor& branch_kept,
                                      const Tensor& indices, double p, bool scale_by_keep) {
-  using Signature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, bool);
-  static const auto op = operator_handle<Signature>("fastdrop::drop_path_add_subset");
+  static const auto op = operator_handle<SubsetSignature>("fastdrop::drop_path_add_subset");
   Tensor output = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.redispatch(keys & c10::after_autograd_keyset, residual, branch_kept, indices, p, scale_by_keep);
@@ -394,7 +409,7 @@ Tensor drop_path_add_subset_autograd(c10::DispatchKeySet keys, const Tensor& res
     node->indices_ = SavedVariable(indices, false);
     node->p_ = p;
     node->scale_by_keep_ = scale_by_keep;
-    node->branch_dtype_ = branch_kept.scalar_type();
+    node->dtype_ = branch_kept.scalar_type();
     torch::autograd::set_history(output, node);
   }
   const bool residual_tangent = torch::autograd::isFwGradDefined(residual);
@@ -407,6 +422,30 @@ Tensor drop_path_add_subset_autograd(c10::DispatchKeySet keys, const Tensor& res
                         /*is_inplace_op=*/false);
   }
   return output;
+}
+
+Tensor drop_path_add_subset_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& indices,
+                                              double p, bool scale_by_keep, at::ScalarType dtype) {
+  static const auto op = operator_handle<SubsetBackwardSignature>("fastdrop::drop_path_add_subset_backward");
+  Tensor grad_kept = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, grad, indices, p, scale_by_keep, dtype);
+  }();
+  if (torch::autograd::compute_requires_grad(grad)) {
+    auto node = c10::make_intrusive<SubsetGradientBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(grad));
+    node->indices_ = SavedVariable(indices, false);
+    node->p_ = p;
+    node->scale_by_keep_ = scale_by_keep;
+    node->sizes_ = grad.sym_sizes().vec();
+    node->options_ = grad.options();
+    torch::autograd::set_history(grad_kept, node);
+  }
+  if (torch::autograd::isFwGradDefined(grad)) {  // linear: the op of the tangent
+    grad_kept._set_fw_grad(op.call(grad._fw_grad(/*level=*/0), indices, p, scale_by_keep, dtype), /*level=*/0,
+                           /*is_inplace_op=*/false);
+  }
+  return grad_kept;
 }
 
 Mask indexed_mask(double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
@@ -486,6 +525,7 @@ TORCH_LIBRARY_IMPL(fastdrop, Autograd, m) {
   m.impl("dropout_add", TORCH_FN(dropout_add_autograd));
   m.impl("bias_dropout_add", TORCH_FN(bias_dropout_add_autograd));
   m.impl("drop_path_add_subset", TORCH_FN(drop_path_add_subset_autograd));
+  m.impl("drop_path_add_subset_backward", TORCH_FN(drop_path_add_subset_backward_autograd));
   m.impl("indexed_dropout", TORCH_FN(indexed_dropout_autograd));
   m.impl("indexed_dropout_", TORCH_FN(indexed_dropout_inplace_autograd));
   m.impl("indexed_dropout_backward", TORCH_FN(indexed_dropout_backward_autograd));

@@ -13,13 +13,16 @@ inline void check_probability(double p) {
 
 // torch's dropouts raise RuntimeError for integer and bool inputs and
 // NotImplementedError for other dtypes they have no kernel for (complex, float8).
-inline void check_floating_input(const at::Tensor& input, const char* op) {
-  const auto dtype = input.scalar_type();
+inline void check_floating_dtype(at::ScalarType dtype, const char* op) {
   if (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16) return;
   TORCH_CHECK(!at::isIntegralType(dtype, /*includeBool=*/true), "fastdrop.", op,
               " expects a floating-point input (Half, BFloat16, Float or Double), but got ", dtype);
   TORCH_CHECK_NOT_IMPLEMENTED(false, "fastdrop.", op, " is not implemented for ", dtype,
                               " inputs (it takes Half, BFloat16, Float or Double)");
+}
+
+inline void check_floating_input(const at::Tensor& input, const char* op) {
+  check_floating_dtype(input.scalar_type(), op);
 }
 
 inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like, const char* op) {
@@ -31,9 +34,7 @@ inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like,
 }
 
 // A residual of the branch's dtype or a wider float one (an fp32 residual beside a bf16 branch).
-inline void check_residual_dtype(const at::Tensor& residual, const at::Tensor& branch, const char* branch_name,
-                                 const char* op) {
-  const auto wide = residual.scalar_type(), narrow = branch.scalar_type();
+inline void check_residual_dtype(at::ScalarType wide, at::ScalarType narrow, const char* branch_name, const char* op) {
   const bool wider = (wide == at::kFloat || wide == at::kDouble) && at::isFloatingType(narrow) &&
                      at::promoteTypes(wide, narrow) == wide;
   TORCH_CHECK(wide == narrow || wider, "fastdrop.", op, ": residual must have the ", branch_name,
@@ -49,7 +50,7 @@ inline void check_residual(const at::Tensor& residual, const at::Tensor& branch,
               " must have the same shape, but got ", residual.sym_sizes(), " and ", branch.sym_sizes());
   TORCH_CHECK(residual.device() == branch.device(), "fastdrop.", op, ": residual and ", branch_name,
               " must be on the same device, but got ", residual.device(), " and ", branch.device());
-  check_residual_dtype(residual, branch, branch_name, op);
+  check_residual_dtype(residual.scalar_type(), branch.scalar_type(), branch_name, op);
 }
 
 // drop_path_add_subset's operands: branch_kept holds the branches of the samples
@@ -70,7 +71,22 @@ inline void check_subset(const at::Tensor& residual, const at::Tensor& branch_ke
               branch_kept.device(), " and ", indices.device());
   TORCH_CHECK(branch_kept.sym_size(0) <= residual.sym_size(0), "fastdrop.", op, ": ", branch_kept.sym_size(0),
               " kept samples of a batch of ", residual.sym_size(0));
-  check_residual_dtype(residual, branch_kept, "branch_kept", op);
+  check_residual_dtype(residual.scalar_type(), branch_kept.scalar_type(), "branch_kept", op);
+}
+
+// drop_path_add_subset_backward's operands: a gradient with a batch dim, the
+// kept samples' indices on its device, and the branch's dtype, of which the
+// gradient's is the same or a wider one.
+inline void check_subset_gradient(const at::Tensor& grad, const at::Tensor& indices, at::ScalarType dtype,
+                                  const char* op) {
+  TORCH_CHECK(grad.dim() >= 1, "fastdrop.", op, ": grad must have a batch dim, but got a 0-D tensor");
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.dim() == 1, "fastdrop.", op,
+              ": indices must be a 1-D int64 tensor, but got ", indices.scalar_type(), " of shape ",
+              indices.sym_sizes());
+  TORCH_CHECK(indices.device() == grad.device(), "fastdrop.", op,
+              ": grad and indices must be on the same device, but got ", grad.device(), " and ", indices.device());
+  check_floating_dtype(dtype, op);
+  check_residual_dtype(grad.scalar_type(), dtype, "branch_kept", op);
 }
 
 inline void check_bias(const at::Tensor& input, const at::Tensor& bias, const char* op) {

@@ -24,6 +24,7 @@ NoKernel add_dropout_kernel(const at::Tensor&, const at::Tensor&, double) { retu
 NoKernel grouped_kernel(Variant, double, int64_t) { return {}; }
 NoKernel drop_path_add_kernel(const at::Tensor&, Variant, double) { return {}; }
 NoKernel subset_kernel(Variant, double) { return {}; }
+NoKernel subset_backward_kernel(Variant, double) { return {}; }
 
 // Meta's side of the operators' shape (op_shape.h): nothing drawn, nothing run;
 // rng_state is an uninitialized tensor of its shape.

@@ -47,10 +47,13 @@ inline void define_operators(torch::Library& m) {
       seeded);
   // residual + drop_path(branch) for a branch computed on the kept samples only
   // (branch_kept[j] is sample indices[j]'s, drop_path_keep_indices's samples):
-  // not random, the indices are the decisions. Its backward: a function of
-  // torch ops (autograd.cpp).
+  // not random, the indices are the decisions.
   m.def(
       "drop_path_add_subset(Tensor residual, Tensor branch_kept, Tensor indices, float p, bool scale_by_keep=True) "
+      "-> Tensor");
+  // Its branch_kept's gradient: rows `indices` of grad, in dtype (the branch's), times the kept scale.
+  m.def(
+      "drop_path_add_subset_backward(Tensor grad, Tensor indices, float p, bool scale_by_keep, ScalarType dtype) "
       "-> Tensor");
   // Any variant with the decision of element (i_0, ...) at index
   // index_base + sum_k i_k * index_strides[k]: vmap's batching rules and

@@ -205,6 +205,17 @@ def drop_path_add_subset_rule(level, args, bdims):
     return torch.stack([ops.drop_path_add_subset(r, b, i, p, scale_by_keep) for r, b, i in slices]), 0
 
 
+def drop_path_add_subset_backward_rule(level, args, bdims):
+    """As drop_path_add_subset's rule: the vmap dim behind the samples where the slices share their indices."""
+    grad, indices, p, scale_by_keep, dtype = args
+    grad_dim, indices_dim = bdims
+    if indices_dim is None:
+        grad = batch_first(level, grad, grad_dim).movedim(0, 1)
+        return ops.drop_path_add_subset_backward(grad, indices, p, scale_by_keep, dtype), 1
+    slices = zip(batch_first(level, grad, grad_dim), batch_first(level, indices, indices_dim))
+    return torch.stack([ops.drop_path_add_subset_backward(g, i, p, scale_by_keep, dtype) for g, i in slices]), 0
+
+
 RULES = {
     **{name: forward_rule(name) for name in VARIANTS},
     **{name + "_": inplace_rule(name) for name in VARIANTS if name != "drop_path"},
@@ -213,6 +224,7 @@ RULES = {
     "bias_dropout_add": bias_dropout_add_rule,
     "drop_path_add": drop_path_add_rule,
     "drop_path_add_subset": drop_path_add_subset_rule,
+    "drop_path_add_subset_backward": drop_path_add_subset_backward_rule,
 }
 
 

@@ -83,6 +83,13 @@ MUTANTS = [
         "add_rounded(static_cast<opmath_t>(static_cast<scalar_t>(residual)),",
     ),
     (
+        "drop_path_add_subset reads the sample's row of branch_kept, not its kept row",
+        "cuda/grouped_dropout_cuda.cu",
+        "const scalar_t* x = branch + kept_row * row + column;",
+        1,
+        "const scalar_t* x = branch + sample * row + column;",
+    ),
+    (
         "forward reads the wrong Philox offset",
         "cuda/device_rng.cuh",
         "const RngState rng = {std::get<0>(seed_offset), std::get<1>(seed_offset)};",

@@ -135,12 +135,14 @@ def _inplace(name):
 
 
 def widened(x):
-    """x in the next wider float dtype (float for 16 bits, double for float), in x's layout:
-    a residual stream kept wider than its branch."""
+    """x in the next wider float dtype (float for 16 bits, double for float), in x's layout,
+    nudged off the narrow dtype's values: a residual stream kept wider than its branch
+    (whose values a kernel that read it as the branch's type would round)."""
     wide = torch.float32 if x.element_size() == 2 else torch.float64
     base = torch.empty(x.untyped_storage().nbytes() // x.element_size(), dtype=wide)
     copy = base.as_strided(x.size(), x.stride(), x.storage_offset())
     copy.copy_(x)
+    copy.mul_(1 + (2**-20 if wide == torch.float32 else 2**-40))
     return copy
 
 
@@ -152,6 +154,18 @@ def _subset(branch_of, wider=False):
         kept = torch.arange(0, x.shape[0], 2)
         residual = widened(o["residual"]) if wider else o["residual"]
         return (ops.drop_path_add_subset(residual, branch_of(x, kept), kept, p, True),)
+
+    return call
+
+
+def _subset_backward(wider=False):
+    """drop_path_add_subset's gradient of branch_kept, every other sample kept, x the gradient."""
+
+    def call(ops, o, p, g):
+        x = o["x"]
+        kept = torch.arange(0, x.shape[0], 2)
+        grad = widened(x) if wider else x
+        return (ops.drop_path_add_subset_backward(grad, kept, p, True, x.dtype),)
 
     return call
 
@@ -225,6 +239,8 @@ OPERATORS = [
     ("drop_path_add_subset", True, _subset(lambda x, kept: x.index_select(0, kept))),
     ("drop_path_add_subset_strided_branch", True, _subset(lambda x, kept: x[::2])),
     ("drop_path_add_subset_wider", True, _subset(lambda x, kept: x.index_select(0, kept), wider=True)),
+    ("drop_path_add_subset_backward", True, _subset_backward()),
+    ("drop_path_add_subset_backward_wider", True, _subset_backward(wider=True)),
     *[(f"indexed_dropout_{label}", True, _indexed(label)) for label in INDEXED],
     ("indexed_dropout__same", True, _indexed("same", inplace=True)),
     ("indexed_dropout_backward_channels_unaligned", True, _indexed("channels_unaligned", backward=True)),

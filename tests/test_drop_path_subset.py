@@ -134,6 +134,18 @@ def test_subset_errors(make, error, message):
         F.drop_path_add_subset(residual, branch_kept, indices, 1.5)
 
 
+def test_backward_errors():
+    grad, indices = torch.randn(4, 6), torch.tensor([0, 3])
+    with pytest.raises(IndexError, match="out of bounds"):
+        ops.drop_path_add_subset_backward(grad, indices + 1, 0.5, True, torch.float32)
+    with pytest.raises(RuntimeError, match="wider float dtype"):
+        ops.drop_path_add_subset_backward(grad, indices, 0.5, True, torch.float64)
+    with pytest.raises(RuntimeError, match="expects a floating-point input"):
+        ops.drop_path_add_subset_backward(grad, indices, 0.5, True, torch.int32)
+    with pytest.raises(RuntimeError, match="indices must be a 1-D int64 tensor"):
+        ops.drop_path_add_subset_backward(grad, indices.int(), 0.5, True, torch.float32)
+
+
 def test_gradcheck_and_forward_ad(device):
     kw = dict(dtype=torch.float64, device=device, requires_grad=True)
     residual, branch_kept = torch.randn(6, 5, **kw), torch.randn(3, 5, **kw)
@@ -143,7 +155,13 @@ def test_gradcheck_and_forward_ad(device):
         return ops.drop_path_add_subset(r, b, indices, 0.4, True)
 
     assert torch.autograd.gradcheck(fn, (residual, branch_kept), check_forward_ad=True, check_batched_grad=True)
-    assert torch.autograd.gradgradcheck(fn, (residual, branch_kept))
+    assert torch.autograd.gradgradcheck(fn, (residual, branch_kept), check_fwd_over_rev=True, check_rev_over_rev=True)
+
+    def backward(g):
+        return ops.drop_path_add_subset_backward(g, indices, 0.4, True, torch.float64)
+
+    grad = torch.randn(6, 5, **kw)
+    assert torch.autograd.gradcheck(backward, (grad,), check_forward_ad=True, check_batched_grad=True)
     tangent = torch.randn(3, 5, dtype=torch.float64, device=device)
     _, jvp = torch.func.jvp(lambda b: fn(residual.detach(), b), (branch_kept.detach(),), (tangent,))
     assert_identical(jvp, fn(torch.zeros(6, 5, dtype=torch.float64, device=device), tangent))
@@ -155,6 +173,8 @@ def test_opcheck_and_compile(device):
     branch_kept = torch.randn(3, 4, device=device).to(torch.bfloat16).requires_grad_()
     indices = torch.tensor([1, 2, 6], device=device)
     torch.library.opcheck(ops.drop_path_add_subset.default, (residual, branch_kept, indices, 0.3, True))
+    grad = torch.randn(8, 4, device=device, requires_grad=True)
+    torch.library.opcheck(ops.drop_path_add_subset_backward.default, (grad, indices, 0.3, True, torch.bfloat16))
 
     def step(r, b, i):
         return F.drop_path_add_subset(r, b * 2, i, 0.3)

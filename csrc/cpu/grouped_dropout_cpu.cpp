@@ -312,6 +312,38 @@ auto subset_kernel(Variant variant, double p) {
   };
 }
 
+// drop_path_add_subset's gradient of branch_kept: each kept sample's row of
+// grad (of grad_kept's memory format), cast to the branch's type and scaled.
+auto subset_backward_kernel(Variant variant, double p) {
+  return [variant, p](const at::Tensor& grad, const at::Tensor& indices, at::Tensor& grad_kept) {
+    const int64_t batch = grad.size(0), row = grad.numel() / batch, kept = grad_kept.size(0);
+    const at::Tensor source = grad.contiguous(grad_kept.suggest_memory_format());
+    const at::Tensor samples = indices.contiguous();
+    const int64_t* sample = samples.const_data_ptr<int64_t>();
+    for (int64_t j = 0; j < kept; ++j) {
+      TORCH_CHECK_INDEX(sample[j] >= 0 && sample[j] < batch, "fastdrop.drop_path_add_subset_backward: index ",
+                        sample[j], " is out of bounds for a batch of ", batch);
+    }
+    with_branch_and_residual_types(
+        grad_kept.scalar_type(), grad.scalar_type(), [&](auto branch_type, auto residual_type) {
+          using scalar_t = typename decltype(branch_type)::type;
+          using residual_t = typename decltype(residual_type)::type;
+          const auto factors = dropout_factors<scalar_t>(variant, p);
+          scalar_t* out = grad_kept.template data_ptr<scalar_t>();
+          const residual_t* in = source.template const_data_ptr<residual_t>();
+          const int64_t chunk = std::min(row, kGrainElements), chunks = (row + chunk - 1) / chunk;
+          at::parallel_for(0, kept * chunks, std::max<int64_t>(1, kGrainElements / chunk),
+                           [&](int64_t begin, int64_t end) {
+                             for (int64_t item = begin; item < end; ++item) {
+                               const int64_t j = item / chunks, column = item % chunks * chunk;
+                               narrow_kept_contiguous(out + j * row + column, in + sample[j] * row + column,
+                                                      std::min(chunk, row - column), factors);
+                             }
+                           });
+        });
+  };
+}
+
 }  // namespace
 
 #include "../entry_points/grouped.inc"

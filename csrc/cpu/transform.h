@@ -70,6 +70,14 @@ FASTDROP_ALWAYS_INLINE void add_dropout_loop(residual_t* out, int64_t out_stride
   }
 }
 
+// A kept sample's scale applied to a gradient of the residual's type, cast to the branch's type first
+// (drop_path_add_subset's backward, as autograd casts a gradient to its input's dtype).
+template <typename scalar_t, typename residual_t>
+FASTDROP_ALWAYS_INLINE void narrow_kept_loop(scalar_t* out, const residual_t* in, int64_t count,
+                                             DropoutFactors<scalar_t> factors) {
+  for (int64_t i = 0; i < count; ++i) out[i] = apply_dropout<false>(static_cast<scalar_t>(in[i]), true, factors);
+}
+
 // residual + drop_path(in) over a run that shares one decision; a dropped run
 // copies the residual and never reads the input (drop_path_add).
 template <typename scalar_t, typename residual_t>
@@ -105,7 +113,8 @@ FASTDROP_ALWAYS_INLINE void add_uniform_loop(residual_t* out, int64_t out_stride
 FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
 #undef FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS
 
-// The residual forms' unit-stride loops, for each branch type and residual type (the same, or wider).
+// The residual forms' unit-stride loops, for each branch type and residual type (the same, or wider);
+// narrow_kept_contiguous: a kept branch's gradient from the residual's, cast to the branch's type first.
 #define FASTDROP_DECLARE_ADD_CONTIGUOUS(scalar_t, residual_t)                                                        \
   void add_dropout_contiguous(residual_t* out, const scalar_t* in, const residual_t* residual, const scalar_t* bias, \
                               const uint16_t* bits, int64_t count, uint32_t compare,                                 \
@@ -114,7 +123,8 @@ FASTDROP_FOR_EACH_FLOAT_TYPE(FASTDROP_DECLARE_TRANSFORM_CONTIGUOUS)
                               bool kept, DropoutFactors<scalar_t> factors);                                          \
   void add_uniform_rows(residual_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride,          \
                         const residual_t* residual, int64_t residual_row_stride, int64_t row_size, int64_t rows,     \
-                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);
+                        const uint16_t* row_bits, uint32_t compare, DropoutFactors<scalar_t> factors);               \
+  void narrow_kept_contiguous(scalar_t* out, const residual_t* in, int64_t count, DropoutFactors<scalar_t> factors);
 FASTDROP_FOR_EACH_RESIDUAL_TYPE(FASTDROP_DECLARE_ADD_CONTIGUOUS)
 #undef FASTDROP_DECLARE_ADD_CONTIGUOUS
 

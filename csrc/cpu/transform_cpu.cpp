@@ -72,6 +72,10 @@ FASTDROP_DEFINE_TRANSFORM_CONTIGUOUS(c10::BFloat16)
       add_uniform_loop(out + r * out_row_stride, 1, in + r * in_row_stride, 1, residual + r * residual_row_stride, 1, \
                        row_size, is_kept(row_bits[r], compare), factors);                                             \
     }                                                                                                                 \
+  }                                                                                                                   \
+  FASTDROP_CPU_CLONES void narrow_kept_contiguous(scalar_t* out, const residual_t* in, int64_t count,                 \
+                                                  DropoutFactors<scalar_t> factors) {                                 \
+    narrow_kept_loop(out, in, count, factors);                                                                        \
   }
 FASTDROP_DEFINE_ADD_CONTIGUOUS(float, float)
 FASTDROP_DEFINE_ADD_CONTIGUOUS(float, double)
@@ -164,6 +168,31 @@ void half_add_uniform(residual_t* out, const c10::Half* in, const residual_t* re
     scale(x, n, factors.keep_mul);
     round_to_half(x, n);
     add_residual(x, residual + done, out + done, n);
+  }
+}
+
+// x (a chunk of residual_t values, converted to float) rounded to fp16, as a cast rounds it.
+void load_as_half(const c10::Half* in, float* x, int64_t count) { half_to_float(in, x, count); }
+
+FASTDROP_CPU_CLONES void load_as_half(const float* in, float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = in[i];
+  round_to_half(x, count);
+}
+
+FASTDROP_CPU_CLONES void load_as_half(const double* in, float* x, int64_t count) {
+  // c10's double -> Half goes through float, as torch's casts do.
+  for (int64_t i = 0; i < count; ++i) x[i] = static_cast<float>(in[i]);
+  round_to_half(x, count);
+}
+
+template <typename residual_t>
+void half_narrow_kept(c10::Half* out, const residual_t* in, int64_t count, DropoutFactors<c10::Half> factors) {
+  alignas(64) float x[kHalfChunk];
+  for (int64_t done = 0; done < count; done += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, count - done);
+    load_as_half(in + done, x, n);
+    scale(x, n, factors.keep_mul);
+    float_to_half(x, out + done, n);
   }
 }
 
@@ -322,6 +351,10 @@ void transform_shared_rows(c10::Half* out, int64_t out_row_stride, const c10::Ha
                         const uint16_t* row_bits, uint32_t compare, DropoutFactors<c10::Half> factors) {               \
     half_add_uniform_rows(out, out_row_stride, in, in_row_stride, residual, residual_row_stride, row_size, rows,       \
                           row_bits, compare, factors);                                                                 \
+  }                                                                                                                    \
+  void narrow_kept_contiguous(c10::Half* out, const residual_t* in, int64_t count,                                     \
+                              DropoutFactors<c10::Half> factors) {                                                     \
+    half_narrow_kept(out, in, count, factors);                                                                         \
   }
 FASTDROP_DEFINE_HALF_ADD(c10::Half)
 FASTDROP_DEFINE_HALF_ADD(float)

@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
 // or a part of a long one) `row` apart, in memory order; kept_rows[s] is the row
 // of branch_kept holding sample s's branch, or -1. A pack of 8 consecutive
 // elements: one 16-byte access per operand where the rows hold whole aligned
-// packs (kPacks), else element by element, stepping across rows.
+// packs (kPacks), else element by element, a pack within one row at a time.
 template <typename scalar_t, typename residual_t, bool kPacks>
 __global__ void __launch_bounds__(kThreads)
     drop_path_add_subset_kernel(const scalar_t* branch, const residual_t* residual, residual_t* out,
@@ -171,18 +171,70 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       store_pack(out + at, result);
-    } else {
+    } else if (!rare(column + kElementsPerBlock > columns.divisor ||
+                     first + kElementsPerBlock > static_cast<uint32_t>(count))) {
+      // Rows of any length or alignment: a pack within one row, element by element.
+      const int64_t at = sample * row + column, kept_row = kept_rows[sample];
+      if (kept_row >= 0) {
+        const scalar_t* x = branch + kept_row * row + column;
 #pragma unroll
-      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
-        if (first + lane >= static_cast<uint32_t>(count)) break;
+        for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+          out[at + lane] = add_to_residual(residual[at + lane], apply_dropout<false>(x[lane], true, factors));
+        }
+      } else {
+#pragma unroll
+        for (int lane = 0; lane < kElementsPerBlock; ++lane) out[at + lane] = residual[at + lane];
+      }
+    } else {  // a pack across rows, or the partial last one: each element located
+      for (int lane = 0; lane < kElementsPerBlock && first + lane < static_cast<uint32_t>(count); ++lane) {
+        sample = columns.quotient(first + lane);
+        column = first + lane - sample * columns.divisor;
         const int64_t at = sample * row + column, kept_row = kept_rows[sample];
         out[at] = kept_row >= 0 ? add_to_residual(residual[at],
                                                   apply_dropout<false>(branch[kept_row * row + column], true, factors))
                                 : residual[at];
-        if (++column == columns.divisor) {
-          column = 0;
-          ++sample;
-        }
+      }
+    }
+  }
+}
+
+// drop_path_add_subset's gradient of branch_kept over a piece of `count`
+// elements: kept rows of `columns` elements (a whole row, or a part of a long
+// one) `row` apart, row j from grad's row samples[j], cast to the branch's type
+// and scaled; a pack of 8 with one 16-byte store (and grad's loads) where the
+// rows hold whole aligned packs (kPacks), else element by element (the general path).
+template <typename scalar_t, typename residual_t, bool kPacks>
+__global__ void __launch_bounds__(kThreads)
+    drop_path_add_subset_backward_kernel(const residual_t* grad, const int64_t* samples, scalar_t* grad_kept,
+                                         FastDivisor<uint32_t> columns, int64_t row, int32_t count,
+                                         DropoutFactors<scalar_t> factors) {
+  const int32_t packs = (count + kElementsPerBlock - 1) / kElementsPerBlock;
+  for (int32_t pack = static_cast<int32_t>(first_pack()); pack < packs; pack += static_cast<int32_t>(pack_stride())) {
+    const uint32_t first = static_cast<uint32_t>(pack) * kElementsPerBlock;
+    uint32_t kept = columns.quotient(first), column = first - kept * columns.divisor;
+    if constexpr (kPacks) {
+      const Pack8<residual_t> g = load_pack(grad + samples[kept] * row + column);
+      Pack8<scalar_t> result;
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        result.value[lane] = apply_dropout<false>(static_cast<scalar_t>(g.value[lane]), true, factors);
+      }
+      store_pack(grad_kept + kept * row + column, result);
+    } else if (!rare(column + kElementsPerBlock > columns.divisor ||
+                     first + kElementsPerBlock > static_cast<uint32_t>(count))) {
+      // Rows of any length or alignment: a pack within one row, element by element.
+      const residual_t* g = grad + samples[kept] * row + column;
+      scalar_t* o = grad_kept + kept * row + column;
+#pragma unroll
+      for (int lane = 0; lane < kElementsPerBlock; ++lane) {
+        o[lane] = apply_dropout<false>(static_cast<scalar_t>(g[lane]), true, factors);
+      }
+    } else {  // a pack across rows, or the partial last one: each element located
+      for (int lane = 0; lane < kElementsPerBlock && first + lane < static_cast<uint32_t>(count); ++lane) {
+        kept = columns.quotient(first + lane);
+        column = first + lane - kept * columns.divisor;
+        grad_kept[kept * row + column] =
+            apply_dropout<false>(static_cast<scalar_t>(grad[samples[kept] * row + column]), true, factors);
       }
     }
   }
@@ -532,6 +584,49 @@ auto subset_kernel(Variant variant, double p) {
         }
       });
     });
+  };
+}
+
+// drop_path_add_subset's gradient of branch_kept, in pieces as subset_kernel's.
+// A sample index out of range fails an asynchronous assert before the kernel reads.
+auto subset_backward_kernel(Variant variant, double p) {
+  return [variant, p](const at::Tensor& grad, const at::Tensor& indices, at::Tensor& grad_kept) {
+    const int64_t batch = grad.size(0), row = grad.numel() / batch, kept = grad_kept.size(0);
+    const at::Tensor source = grad.contiguous(grad_kept.suggest_memory_format());
+    const at::Tensor samples = indices.contiguous();
+    at::_assert_async(samples.ge(0).logical_and(samples.lt(batch)).all(),
+                      "fastdrop.drop_path_add_subset_backward: a sample index is out of bounds for the batch");
+    with_branch_and_residual_types(
+        grad_kept.scalar_type(), grad.scalar_type(), [&](auto branch_type, auto residual_type) {
+          using scalar_t = typename decltype(branch_type)::type;
+          using residual_t = typename decltype(residual_type)::type;
+          const auto factors = dropout_factors<scalar_t>(variant, p);
+          scalar_t* out = grad_kept.template data_ptr<scalar_t>();
+          const residual_t* in = source.template const_data_ptr<residual_t>();
+          const int64_t* sample = samples.const_data_ptr<int64_t>();
+          const int64_t columns = std::min(row, max_kernel_index());
+          const int64_t rows = std::max<int64_t>(1, max_kernel_index() / columns);
+          for (int64_t first = 0; first < kept; first += rows) {
+            for (int64_t column = 0; column < row; column += columns) {
+              const int64_t n = std::min(rows, kept - first), width = std::min(columns, row - column);
+              const int64_t count = n * width;
+              const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
+                                 is_16_byte_aligned(out + first * row + column) && is_16_byte_aligned(in + column);
+              const auto launch = [&](auto kernel) {
+                FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
+                                current_stream(), kernel)(in + column, sample + first, out + first * row + column,
+                                                          FastDivisor<uint32_t>(width), row,
+                                                          static_cast<int32_t>(count), factors);
+                check_launch();
+              };
+              if (packs) {
+                launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, true>);
+              } else {
+                launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, false>);
+              }
+            }
+          }
+        });
   };
 }
 
