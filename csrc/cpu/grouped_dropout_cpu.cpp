@@ -266,6 +266,19 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
   };
 }
 
+// chunk(r, column, count) over `rows` rows of `row` elements, a row split into
+// column chunks where long: threads take whole chunks, none of them tiny.
+template <typename Chunk>
+void parallel_row_chunks(int64_t rows, int64_t row, const Chunk& chunk) {
+  const int64_t size = std::min(row, kGrainElements), chunks = (row + size - 1) / size;
+  at::parallel_for(0, rows * chunks, std::max<int64_t>(1, kGrainElements / size), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t column = item % chunks * size;
+      chunk(item / chunks, column, std::min(size, row - column));
+    }
+  });
+}
+
 // The row of branch_kept that holds each sample's branch, or -1 (a dropped sample).
 std::vector<int64_t> kept_rows(const at::Tensor& indices, int64_t batch) {
   std::vector<int64_t> rows(batch, -1);
@@ -297,16 +310,11 @@ auto subset_kernel(Variant variant, double p) {
         residual_t* out = o.template data_ptr<residual_t>();
         const residual_t* res = r.template const_data_ptr<residual_t>();
         const scalar_t* in = b.template const_data_ptr<scalar_t>();
-        const int64_t chunk = std::min(row, kGrainElements), chunks = (row + chunk - 1) / chunk;
-        at::parallel_for(
-            0, batch * chunks, std::max<int64_t>(1, kGrainElements / chunk), [&](int64_t begin, int64_t end) {
-              for (int64_t item = begin; item < end; ++item) {
-                const int64_t s = item / chunks, column = item % chunks * chunk, count = std::min(chunk, row - column);
-                const int64_t kept_row = rows[s];
-                add_uniform_contiguous(out + s * row + column, in + std::max<int64_t>(kept_row, 0) * row + column,
-                                       res + s * row + column, count, kept_row >= 0, factors);
-              }
-            });
+        parallel_row_chunks(batch, row, [&](int64_t s, int64_t column, int64_t count) {
+          const int64_t kept_row = rows[s];
+          add_uniform_contiguous(out + s * row + column, in + std::max<int64_t>(kept_row, 0) * row + column,
+                                 res + s * row + column, count, kept_row >= 0, factors);
+        });
       });
     });
   };
@@ -331,15 +339,9 @@ auto subset_backward_kernel(Variant variant, double p) {
           const auto factors = dropout_factors<scalar_t>(variant, p);
           scalar_t* out = grad_kept.template data_ptr<scalar_t>();
           const residual_t* in = source.template const_data_ptr<residual_t>();
-          const int64_t chunk = std::min(row, kGrainElements), chunks = (row + chunk - 1) / chunk;
-          at::parallel_for(0, kept * chunks, std::max<int64_t>(1, kGrainElements / chunk),
-                           [&](int64_t begin, int64_t end) {
-                             for (int64_t item = begin; item < end; ++item) {
-                               const int64_t j = item / chunks, column = item % chunks * chunk;
-                               narrow_kept_contiguous(out + j * row + column, in + sample[j] * row + column,
-                                                      std::min(chunk, row - column), factors);
-                             }
-                           });
+          parallel_row_chunks(kept, row, [&](int64_t j, int64_t column, int64_t count) {
+            narrow_kept_contiguous(out + j * row + column, in + sample[j] * row + column, count, factors);
+          });
         });
   };
 }

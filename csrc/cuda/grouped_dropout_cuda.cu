@@ -531,6 +531,20 @@ auto drop_path_add_kernel(const at::Tensor& residual, Variant variant, double p)
   };
 }
 
+// The pieces of `rows` rows of `row` elements that 32-bit indices reach: whole
+// rows, or a long row's columns. piece(first_row, rows_in_piece, column, width)
+// for each, with the piece's element count n * width below 2^31.
+template <typename Piece>
+void for_each_row_piece(int64_t rows, int64_t row, const Piece& piece) {
+  const int64_t columns = std::min(row, max_kernel_index());
+  const int64_t rows_per_piece = std::max<int64_t>(1, max_kernel_index() / columns);
+  for (int64_t first = 0; first < rows; first += rows_per_piece) {
+    for (int64_t column = 0; column < row; column += columns) {
+      piece(first, std::min(rows_per_piece, rows - first), column, std::min(columns, row - column));
+    }
+  }
+}
+
 // The row of branch_kept that holds each sample's branch, or -1 (a dropped
 // sample), built on the device; bounds are index_put_'s checks, and a sample
 // named twice fails an asynchronous assert (no host sync).
@@ -559,29 +573,24 @@ auto subset_kernel(Variant variant, double p) {
         residual_t* out = o.template data_ptr<residual_t>();
         const residual_t* res = r.template const_data_ptr<residual_t>();
         const scalar_t* in = b.template const_data_ptr<scalar_t>();
-        const int64_t columns = std::min(row, max_kernel_index());
-        const int64_t samples = std::max<int64_t>(1, max_kernel_index() / columns);
-        for (int64_t sample = 0; sample < batch; sample += samples) {
-          for (int64_t column = 0; column < row; column += columns) {
-            const int64_t n = std::min(samples, batch - sample), width = std::min(columns, row - column);
-            const int64_t at = sample * row + column, count = n * width;
-            const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
-                               is_16_byte_aligned(out + at) && is_16_byte_aligned(res + at) &&
-                               is_16_byte_aligned(in + column);
-            const auto launch = [&](auto kernel) {
-              FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
-                              current_stream(), kernel)(in + column, res + at, out + at, rows + sample,
-                                                        FastDivisor<uint32_t>(width), row, static_cast<int32_t>(count),
-                                                        factors);
-              check_launch();
-            };
-            if (packs) {
-              launch(drop_path_add_subset_kernel<scalar_t, residual_t, true>);
-            } else {
-              launch(drop_path_add_subset_kernel<scalar_t, residual_t, false>);
-            }
+        for_each_row_piece(batch, row, [&](int64_t sample, int64_t n, int64_t column, int64_t width) {
+          const int64_t at = sample * row + column, count = n * width;
+          const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
+                             is_16_byte_aligned(out + at) && is_16_byte_aligned(res + at) &&
+                             is_16_byte_aligned(in + column);
+          const auto launch = [&](auto kernel) {
+            FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
+                            current_stream(), kernel)(in + column, res + at, out + at, rows + sample,
+                                                      FastDivisor<uint32_t>(width), row, static_cast<int32_t>(count),
+                                                      factors);
+            check_launch();
+          };
+          if (packs) {
+            launch(drop_path_add_subset_kernel<scalar_t, residual_t, true>);
+          } else {
+            launch(drop_path_add_subset_kernel<scalar_t, residual_t, false>);
           }
-        }
+        });
       });
     });
   };
@@ -604,28 +613,23 @@ auto subset_backward_kernel(Variant variant, double p) {
           scalar_t* out = grad_kept.template data_ptr<scalar_t>();
           const residual_t* in = source.template const_data_ptr<residual_t>();
           const int64_t* sample = samples.const_data_ptr<int64_t>();
-          const int64_t columns = std::min(row, max_kernel_index());
-          const int64_t rows = std::max<int64_t>(1, max_kernel_index() / columns);
-          for (int64_t first = 0; first < kept; first += rows) {
-            for (int64_t column = 0; column < row; column += columns) {
-              const int64_t n = std::min(rows, kept - first), width = std::min(columns, row - column);
-              const int64_t count = n * width;
-              const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
-                                 is_16_byte_aligned(out + first * row + column) && is_16_byte_aligned(in + column);
-              const auto launch = [&](auto kernel) {
-                FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
-                                current_stream(), kernel)(in + column, sample + first, out + first * row + column,
-                                                          FastDivisor<uint32_t>(width), row,
-                                                          static_cast<int32_t>(count), factors);
-                check_launch();
-              };
-              if (packs) {
-                launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, true>);
-              } else {
-                launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, false>);
-              }
+          for_each_row_piece(kept, row, [&](int64_t first, int64_t n, int64_t column, int64_t width) {
+            const int64_t at = first * row + column, count = n * width;
+            const bool packs = width % kElementsPerBlock == 0 && row % kElementsPerBlock == 0 &&
+                               is_16_byte_aligned(out + at) && is_16_byte_aligned(in + column);
+            const auto launch = [&](auto kernel) {
+              FASTDROP_LAUNCH(grid_size((count + kElementsPerBlock - 1) / kElementsPerBlock, kThreads), kThreads,
+                              current_stream(), kernel)(in + column, sample + first, out + at,
+                                                        FastDivisor<uint32_t>(width), row, static_cast<int32_t>(count),
+                                                        factors);
+              check_launch();
+            };
+            if (packs) {
+              launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, true>);
+            } else {
+              launch(drop_path_add_subset_backward_kernel<scalar_t, residual_t, false>);
             }
-          }
+          });
         });
   };
 }
