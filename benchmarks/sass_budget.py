@@ -42,8 +42,8 @@ from pathlib import Path
 SMS, CLOCK_HZ = 132, 1.98e9
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 # Elements a kernel's loop moves per iteration: a pack of 8, or (the channels
-# kernel) one pack of channels at two pixels.
-ELEMENTS_PER_ITERATION = {"grouped_channels_kernel": 16}
+# kernel) one pack of channels at two pixels, or (DropBlock's) a mask word's 32.
+ELEMENTS_PER_ITERATION = {"grouped_channels_kernel": 16, "drop_block_strided_kernel": 32}
 DENSE_MARGIN = 1.5
 
 SCALARS = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2}
@@ -131,7 +131,7 @@ def describe(demangled):
     scalar = arguments[0]
     if scalar not in SCALARS:
         return None
-    operands = int(arguments[2]) if kernel.endswith("strided_kernel") else 0
+    operands = int(arguments[2]) if kernel in ("elementwise_strided_kernel", "grouped_strided_kernel") else 0
     if kernel.startswith(("add_dropout", "drop_path_add")):
         streams = 3
     elif kernel == "elementwise_strided_kernel":

@@ -448,6 +448,97 @@ Tensor drop_path_add_subset_backward_autograd(c10::DispatchKeySet keys, const Te
   return grad_kept;
 }
 
+using BlockSignature = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, double, int64_t, bool, bool, double, bool,
+                                                          std::optional<at::Generator>);
+using BlockBackwardSignature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, int64_t, bool, bool, double,
+                                      bool);
+
+// A DropBlock call's arguments after its generator: the mask and scale its rng_state and kept give.
+struct BlockMask {
+  double gamma;
+  int64_t block_size;
+  bool centred, batchwise;
+  double eps;
+  bool float_scale;
+
+  Tensor apply(const Tensor& tensor, const Tensor& rng_state, const Tensor& kept) const {
+    static const auto backward = operator_handle<BlockBackwardSignature>("fastdrop::drop_block_backward");
+    return backward.call(tensor, rng_state, kept, gamma, block_size, centred, batchwise, eps, float_scale);
+  }
+};
+
+// drop_block's backward (and drop_block_backward's: the op is linear in its
+// input): the same scaled mask, rebuilt from rng_state, applied to the gradient.
+struct DropBlockBackward : Node {
+  explicit DropBlockBackward(BlockMask mask) : mask_(mask) {}
+
+  std::string name() const override { return "FastdropDropBlockBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rng_state_.reset_data();
+    kept_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(1);
+    const Tensor& grad = grads[0];
+    if (!grad.defined() || !task_should_compute_output(0)) return result;
+    const Tensor rng_state = rng_state_.unpack(), kept = kept_.unpack();
+    if (at::GradMode::is_enabled() || torch::autograd::isFwGradDefined(grad)) {
+      result[0] = mask_.apply(grad, rng_state, kept);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      result[0] = mask_.apply(grad, rng_state, kept);
+    }
+    return result;
+  }
+
+  BlockMask mask_;
+  SavedVariable rng_state_, kept_;
+};
+
+void record_block(const Tensor& output, const Tensor& input, const Tensor& rng_state, const Tensor& kept,
+                  const BlockMask& mask) {
+  if (torch::autograd::compute_requires_grad(input)) {
+    auto node = c10::make_intrusive<DropBlockBackward>(mask);
+    node->set_next_edges(torch::autograd::collect_next_edges(input));
+    node->rng_state_ = SavedVariable(rng_state, false);
+    node->kept_ = SavedVariable(kept, false);
+    torch::autograd::set_history(output, node);
+  }
+  if (torch::autograd::isFwGradDefined(input)) {  // linear: the mask applied to the tangent
+    output._set_fw_grad(mask.apply(input._fw_grad(/*level=*/0), rng_state, kept), /*level=*/0,
+                        /*is_inplace_op=*/false);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> drop_block_autograd(c10::DispatchKeySet keys, const Tensor& input, double gamma,
+                                                       int64_t block_size, bool centred, bool batchwise, double eps,
+                                                       bool float_scale, std::optional<at::Generator> generator) {
+  static const auto op = operator_handle<BlockSignature>("fastdrop::drop_block");
+  auto [output, rng_state, kept] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, input, gamma, block_size, centred, batchwise, eps,
+                         float_scale, std::move(generator));
+  }();
+  record_block(output, input, rng_state, kept, BlockMask{gamma, block_size, centred, batchwise, eps, float_scale});
+  return {output, rng_state, kept};
+}
+
+Tensor drop_block_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& rng_state,
+                                    const Tensor& kept, double gamma, int64_t block_size, bool centred, bool batchwise,
+                                    double eps, bool float_scale) {
+  static const auto op = operator_handle<BlockBackwardSignature>("fastdrop::drop_block_backward");
+  Tensor grad_input = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_autograd_keyset, grad, rng_state, kept, gamma, block_size, centred,
+                         batchwise, eps, float_scale);
+  }();
+  record_block(grad_input, grad, rng_state, kept, BlockMask{gamma, block_size, centred, batchwise, eps, float_scale});
+  return grad_input;
+}
+
 Mask indexed_mask(double p, c10::string_view variant, c10::SymIntArrayRef index_strides,
                   const c10::SymInt& index_base) {
   Mask mask{Family::kIndexed, p};
@@ -526,6 +617,8 @@ TORCH_LIBRARY_IMPL(fastdrop, Autograd, m) {
   m.impl("bias_dropout_add", TORCH_FN(bias_dropout_add_autograd));
   m.impl("drop_path_add_subset", TORCH_FN(drop_path_add_subset_autograd));
   m.impl("drop_path_add_subset_backward", TORCH_FN(drop_path_add_subset_backward_autograd));
+  m.impl("drop_block", TORCH_FN(drop_block_autograd));
+  m.impl("drop_block_backward", TORCH_FN(drop_block_backward_autograd));
   m.impl("indexed_dropout", TORCH_FN(indexed_dropout_autograd));
   m.impl("indexed_dropout_", TORCH_FN(indexed_dropout_inplace_autograd));
   m.impl("indexed_dropout_backward", TORCH_FN(indexed_dropout_backward_autograd));

@@ -25,6 +25,7 @@ NoKernel grouped_kernel(Variant, double, int64_t) { return {}; }
 NoKernel drop_path_add_kernel(const at::Tensor&, Variant, double) { return {}; }
 NoKernel subset_kernel(Variant, double) { return {}; }
 NoKernel subset_backward_kernel(Variant, double) { return {}; }
+NoKernel block_kernel(int64_t, bool, bool, double, double, bool) { return {}; }
 
 // Meta's side of the operators' shape (op_shape.h): nothing drawn, nothing run;
 // rng_state is an uninitialized tensor of its shape.
@@ -60,6 +61,7 @@ void check_decision_index(const at::Tensor& input, c10::SymIntArrayRef strides, 
 
 #include "entry_points/elementwise.inc"
 #include "entry_points/grouped.inc"
+#include "entry_points/block.inc"
 
 std::tuple<at::Tensor, at::Tensor> indexed_dropout(const at::Tensor& input, double p, c10::string_view variant,
                                                    c10::SymIntArrayRef index_strides, c10::SymInt index_base,
@@ -89,6 +91,7 @@ at::Tensor indexed_dropout_backward(const at::Tensor& grad, const at::Tensor& rn
 TORCH_LIBRARY_IMPL(fastdrop, Meta, m) {
   fastdrop::meta::register_elementwise_kernels(m);
   fastdrop::meta::register_grouped_kernels(m);
+  fastdrop::meta::register_block_kernels(m);
   m.impl("indexed_dropout", &fastdrop::meta::indexed_dropout);
   m.impl("indexed_dropout_", &fastdrop::meta::indexed_dropout_);
   m.impl("indexed_dropout_backward", &fastdrop::meta::indexed_dropout_backward);

@@ -40,6 +40,40 @@ _PEER_MODULES = (
         fnn.StochasticDepth,
         lambda m: fnn.StochasticDepth(m.p, m.mode),
     ),
+    (
+        "torchvision.ops",
+        "DropBlock2d",
+        ("p", "block_size", "inplace", "eps"),
+        fnn.DropBlock2d,
+        lambda m: fnn.DropBlock2d(m.p, m.block_size, m.inplace, m.eps),
+    ),
+    (
+        "torchvision.ops",
+        "DropBlock3d",
+        ("p", "block_size", "inplace", "eps"),
+        fnn.DropBlock3d,
+        lambda m: fnn.DropBlock3d(m.p, m.block_size, m.inplace, m.eps),
+    ),
+    (
+        "timm.layers",
+        "DropBlock2d",
+        ("drop_prob", "block_size", "gamma_scale", "with_noise"),
+        fnn.TimmDropBlock2d,
+        # Gaussian noise in the dropped blocks is not supported: such a module stays as it is.
+        lambda m: (
+            None
+            if m.with_noise
+            else fnn.TimmDropBlock2d(
+                m.drop_prob,
+                m.block_size,
+                m.gamma_scale,
+                False,
+                m.inplace,
+                getattr(m, "batchwise", False),
+                getattr(m, "fast", True),
+            )
+        ),
+    ),
 )
 
 
@@ -77,7 +111,8 @@ def replace_dropout(model: torch.nn.Module, *, verbose: bool = False) -> torch.n
     """Swaps, in place, every dropout module of `model` for fastdrop's and returns the model.
 
     Replaced: torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout,
-    timm's DropPath and torchvision's StochasticDepth (matched by class where
+    timm's DropPath and DropBlock2d (not with_noise=True, which stays), torchvision's
+    StochasticDepth and DropBlock2d/3d (matched by class where
     those packages import, by name and attributes where they do not). p,
     inplace, mode, scale_by_keep and training state carry over; in eval mode the
     model's outputs are bit-identical before and after. What was replaced is

@@ -23,6 +23,9 @@ __all__ = [
     "drop_path_add_subset",
     "dropout_add",
     "bias_dropout_add",
+    "drop_block2d",
+    "drop_block3d",
+    "drop_block_timm",
 ]
 
 
@@ -450,3 +453,76 @@ def dropout_with_seed(input, p, seed, offset=0):
         indices = _distributed.sliced_indices("dropout", input.shape, ())
         return ops.indexed_dropout_backward(input, rng_state, p, *indices)
     return ops.dropout_backward(input, rng_state, p)
+
+
+def _drop_block(input, gamma, block_size, centred, batchwise, eps, float_scale, inplace, generator):
+    """fastdrop::drop_block's output; in place, copied into input (its history rebased as
+    torch's in-place ops rebase it: a leaf that requires grad is refused)."""
+    output = ops.drop_block(input, gamma, block_size, centred, batchwise, eps, float_scale, generator)[0]
+    return input.copy_(output) if inplace else output
+
+
+def _torchvision_drop_block(function, spatial, input, p, block_size, inplace, eps, training, generator):
+    p = _checks.drop_probability(p)
+    if input.ndim != spatial + 2:
+        raise ValueError(f"input should be {spatial + 2} dimensional. Got {input.ndim} dimensions.")
+    if not training or p == 0.0:
+        return input
+    sizes = input.shape[2:]
+    block = min(block_size, *sizes)
+    if block < 1:
+        raise ValueError(f"{function}(): block_size must be positive, but got {block_size}")
+    # torchvision's gamma: the seed rate that drops p of the elements in expectation.
+    valid = 1
+    for size in sizes:
+        valid *= size - block + 1
+    gamma = p * input[0, 0].numel() / (block**spatial * valid)
+    return _drop_block(input, gamma, block, False, False, float(eps), False, inplace, generator)
+
+
+def drop_block2d(input, p, block_size, inplace=False, eps=1e-06, training=True, *, generator=None):
+    """Drop-in for torchvision.ops.drop_block2d (DropBlock, arXiv:1810.12890).
+
+    Seeds are drawn with torchvision's rate over the positions where a whole
+    block_size x block_size block fits (block_size clipped to H and W); each
+    drops the block starting there, and the kept elements are scaled by
+    numel / (eps + kept), computed in the input's dtype as torchvision does.
+    One mask decision per seed (the contract's, keyed by its index), no mask
+    saved: backward rebuilds it. Even block sizes work too (torchvision's fail).
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            drop_block2d, (input,), input, p, block_size, inplace, eps, training, generator=generator
+        )
+    return _torchvision_drop_block("drop_block2d", 2, input, p, block_size, inplace, eps, training, generator)
+
+
+def drop_block3d(input, p, block_size, inplace=False, eps=1e-06, training=True, *, generator=None):
+    """Drop-in for torchvision.ops.drop_block3d: drop_block2d over (D, H, W) blocks."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            drop_block3d, (input,), input, p, block_size, inplace, eps, training, generator=generator
+        )
+    return _torchvision_drop_block("drop_block3d", 3, input, p, block_size, inplace, eps, training, generator)
+
+
+def drop_block_timm(
+    x, drop_prob=0.1, block_size=7, gamma_scale=1.0, inplace=False, batchwise=False, fast=True, *, generator=None
+):
+    """timm's DropBlock2d forward (timm.layers.drop_block_fast_2d, or drop_block_2d with fast=False),
+    without its Gaussian-noise option.
+
+    fast=True: seeds anywhere, each dropping the block centred on it, clipped at
+    the edges (timm ignores batchwise there); fast=False: seeds where the
+    centred block fits, one mask for the whole batch with batchwise. timm's
+    gamma, and its scale computed in float32 (eps 1e-6 fast, 1e-7 not) then
+    rounded to the input's dtype. Always applies (the module checks training).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"drop_block_timm(): x must be (B, C, H, W), but got {x.ndim} dims")
+    _, _, height, width = x.shape
+    block = min(block_size, width, height)
+    gamma = gamma_scale * drop_prob * width * height / block**2 / ((width - block_size + 1) * (height - block_size + 1))
+    if fast:
+        return _drop_block(x, gamma, block, True, False, 1e-6, True, inplace, generator)
+    return _drop_block(x, gamma, block, False, bool(batchwise), 1e-7, True, inplace, generator)

@@ -21,6 +21,9 @@ __all__ = [
     "StochasticDepth",
     "StochasticDepthBlock",
     "LockedDropout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "TimmDropBlock2d",
 ]
 
 
@@ -207,3 +210,66 @@ class LockedDropout(_FastdropMixin, torch.nn.Dropout):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, batch_first={self.batch_first}, inplace={self.inplace}"
+
+
+class DropBlock2d(_NotScriptable, torch.nn.Module):
+    """torchvision.ops.DropBlock2d (same constructor, attributes and repr), by fastdrop.functional.drop_block2d."""
+
+    _function = staticmethod(F.drop_block2d)
+
+    def __init__(self, p: float, block_size: int, inplace: bool = False, eps: float = 1e-06) -> None:
+        super().__init__()
+        self.p = p
+        self.block_size = block_size
+        self.inplace = inplace
+        self.eps = eps
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, Proxy):
+            return _traced_as_leaf(self, input)
+        return self._function(input, self.p, self.block_size, self.inplace, self.eps, self.training)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, block_size={self.block_size}, inplace={self.inplace})"
+
+
+class DropBlock3d(DropBlock2d):
+    """torchvision.ops.DropBlock3d, by fastdrop.functional.drop_block3d."""
+
+    _function = staticmethod(F.drop_block3d)
+
+
+class TimmDropBlock2d(_NotScriptable, torch.nn.Module):
+    """timm.layers.DropBlock2d (same constructor and attributes), by
+    fastdrop.functional.drop_block_timm. with_noise=True (Gaussian noise in the
+    dropped blocks) is not supported: the constructor refuses it."""
+
+    def __init__(
+        self,
+        drop_prob: float = 0.1,
+        block_size: int = 7,
+        gamma_scale: float = 1.0,
+        with_noise: bool = False,
+        inplace: bool = False,
+        batchwise: bool = False,
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        if with_noise:
+            raise NotImplementedError("fastdrop.nn.TimmDropBlock2d: with_noise=True is not supported")
+        self.drop_prob = drop_prob
+        self.gamma_scale = gamma_scale
+        self.block_size = block_size
+        self.with_noise = with_noise
+        self.inplace = inplace
+        self.batchwise = batchwise
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, Proxy):
+            return _traced_as_leaf(self, x)
+        if not self.training or not self.drop_prob:
+            return x
+        return F.drop_block_timm(
+            x, self.drop_prob, self.block_size, self.gamma_scale, self.inplace, self.batchwise, self.fast
+        )

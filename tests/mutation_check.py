@@ -90,6 +90,13 @@ MUTANTS = [
         "const scalar_t* x = branch + sample * row + column;",
     ),
     (
+        "DropBlock's batch-wide mask read per sample",
+        "cuda/drop_block_cuda.cu",
+        "const int64_t mask_plane = g.shared ? static_cast<int64_t>(c) : static_cast<int64_t>(plane);",
+        1,
+        "const int64_t mask_plane = static_cast<int64_t>(plane);",
+    ),
+    (
         "forward reads the wrong Philox offset",
         "cuda/device_rng.cuh",
         "const RngState rng = {std::get<0>(seed_offset), std::get<1>(seed_offset)};",

@@ -170,6 +170,24 @@ def _subset_backward(wider=False):
     return call
 
 
+def _drop_block(block, centred=False, batchwise=False, float_scale=False, backward=False):
+    """drop_block of x as (N, C, H, W) (fewer dims get leading ones; more than 5 are
+    flattened into the last), or its backward with x the gradient: output, rng_state, kept."""
+
+    def call(ops, o, p, g):
+        x = o["x"]
+        while x.dim() < 4:
+            x = x.unsqueeze(0)
+        x = x.flatten(4) if x.dim() > 5 else x
+        forward = ops.drop_block(x, p, block, centred, batchwise, 1e-6, float_scale, g)
+        if not backward:
+            return forward
+        _, state, kept = forward
+        return (ops.drop_block_backward(x, state, kept, p, block, centred, batchwise, 1e-6, float_scale),)
+
+    return call
+
+
 def _row_major(shape):
     strides, stride = [0] * len(shape), 1
     for d in reversed(range(len(shape))):
@@ -241,6 +259,10 @@ OPERATORS = [
     ("drop_path_add_subset_wider", True, _subset(lambda x, kept: x.index_select(0, kept), wider=True)),
     ("drop_path_add_subset_backward", True, _subset_backward()),
     ("drop_path_add_subset_backward_wider", True, _subset_backward(wider=True)),
+    ("drop_block", True, _drop_block(3)),
+    ("drop_block_centred_even", True, _drop_block(2, centred=True, float_scale=True)),
+    ("drop_block_batchwise_long", True, _drop_block(40, batchwise=True, float_scale=True)),
+    ("drop_block_backward", True, _drop_block(3, backward=True)),
     *[(f"indexed_dropout_{label}", True, _indexed(label)) for label in INDEXED],
     ("indexed_dropout__same", True, _indexed("same", inplace=True)),
     ("indexed_dropout_backward_channels_unaligned", True, _indexed("channels_unaligned", backward=True)),

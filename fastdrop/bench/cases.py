@@ -194,6 +194,16 @@ OPS = [
         differentiable=(0, 1),
     ),
     Op(
+        "drop_block2d",
+        "DropBlock",
+        images,
+        one,
+        lambda x: FD.drop_block2d(x, P, 5),
+        {"torchvision": lambda x: peers.torchvision_drop_block2d(x, P, 5)},
+        # forward: read x, write the output (the mask's bits stay in cache); backward: the same on the gradient.
+        (2, 2),
+    ),
+    Op(
         "dropout_add",
         "residual epilogues",
         rows,
@@ -253,7 +263,7 @@ def in_channels_last(op):
     return replace(op, name=f"{op.name}_channels_last", inputs=inputs)
 
 
-for _name in ("feature_alpha_dropout", "dropout2d"):  # each right after its NCHW form
+for _name in ("feature_alpha_dropout", "dropout2d", "drop_block2d"):  # each right after its NCHW form
     _at = next(i for i, op in enumerate(OPS) if op.name == _name)
     OPS.insert(_at + 1, in_channels_last(OPS[_at]))
 

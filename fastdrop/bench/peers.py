@@ -60,3 +60,18 @@ def dinov2_index_add(residual, branch_kept, indices, p):
     flat = residual.flatten(1)
     added = torch.index_add(flat, 0, indices, branch_kept.flatten(1).to(residual.dtype), alpha=1 / (1 - p))
     return added.view_as(residual)
+
+
+def torchvision_drop_block2d(x, p, block_size, eps=1e-6):
+    """torchvision.ops.drop_block2d's composition: a Bernoulli seed grid over the valid
+    block positions, padded and max-pooled into blocks, inverted, renormalised by the kept
+    fraction in x's dtype, multiplied in (block_size odd, as torchvision needs)."""
+    _, _, height, width = x.shape
+    block = min(block_size, width, height)
+    gamma = p * height * width / (block**2 * (height - block + 1) * (width - block + 1))
+    noise = torch.empty(
+        (x.shape[0], x.shape[1], height - block + 1, width - block + 1), dtype=x.dtype, device=x.device
+    ).bernoulli_(gamma)
+    noise = F.pad(noise, [block // 2] * 4, value=0)
+    noise = 1 - F.max_pool2d(noise, stride=(1, 1), kernel_size=(block, block), padding=block // 2)
+    return x * noise * (noise.numel() / (eps + noise.sum()))

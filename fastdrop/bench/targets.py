@@ -55,6 +55,12 @@ TARGETS = [
     # Skipping the dropped samples' branch: one pass where DINOv2's index_add copies the residual first.
     Target("cpu", "drop_path_add_subset", "fwd", 1, None, FASTEST, 1.5),
     Target("cpu", "drop_path_add_subset", "fwd+bwd", 1, None, FASTEST, 1.0),
+    # DropBlock: one pass over the data after a bit mask, where torchvision pads, pools and multiplies twice.
+    *[
+        Target("cpu", op, direction, 1, None, FASTEST, 2.0, CPU_DTYPES)
+        for op in ("drop_block2d", "drop_block2d_channels_last")
+        for direction in ("fwd", "fwd+bwd")
+    ],
     Target("cuda", "dropout", "fwd+bwd", 1 << 26, None, "torch", 1.25),
     *[
         Target("cuda", op, direction, 1 << 26, None, "torch", 3.0)
