@@ -448,29 +448,29 @@ Tensor drop_path_add_subset_backward_autograd(c10::DispatchKeySet keys, const Te
   return grad_kept;
 }
 
-using BlockSignature = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, double, int64_t, bool, bool, double, bool,
-                                                          std::optional<at::Generator>);
-using BlockBackwardSignature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, int64_t, bool, bool, double,
-                                      bool);
+using BlockSignature = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, double, at::IntArrayRef, bool, bool, double,
+                                                          c10::string_view, std::optional<at::Generator>);
+using BlockBackwardSignature = Tensor(const Tensor&, const Tensor&, const Tensor&, double, at::IntArrayRef, bool, bool,
+                                      double, c10::string_view);
 
 // A DropBlock call's arguments after its generator: the mask and scale its rng_state and kept give.
 struct BlockMask {
   double gamma;
-  int64_t block_size;
-  bool centred, batchwise;
+  std::vector<int64_t> block_size;
+  bool centred, share_channels;
   double eps;
-  bool float_scale;
+  std::string scale;
 
   Tensor apply(const Tensor& tensor, const Tensor& rng_state, const Tensor& kept) const {
     static const auto backward = operator_handle<BlockBackwardSignature>("fastdrop::drop_block_backward");
-    return backward.call(tensor, rng_state, kept, gamma, block_size, centred, batchwise, eps, float_scale);
+    return backward.call(tensor, rng_state, kept, gamma, block_size, centred, share_channels, eps, scale);
   }
 };
 
 // drop_block's backward (and drop_block_backward's: the op is linear in its
 // input): the same scaled mask, rebuilt from rng_state, applied to the gradient.
 struct DropBlockBackward : Node {
-  explicit DropBlockBackward(BlockMask mask) : mask_(mask) {}
+  explicit DropBlockBackward(BlockMask mask) : mask_(std::move(mask)) {}
 
   std::string name() const override { return "FastdropDropBlockBackward"; }
 
@@ -514,28 +514,31 @@ void record_block(const Tensor& output, const Tensor& input, const Tensor& rng_s
 }
 
 std::tuple<Tensor, Tensor, Tensor> drop_block_autograd(c10::DispatchKeySet keys, const Tensor& input, double gamma,
-                                                       int64_t block_size, bool centred, bool batchwise, double eps,
-                                                       bool float_scale, std::optional<at::Generator> generator) {
+                                                       at::IntArrayRef block_size, bool centred, bool share_channels,
+                                                       double eps, c10::string_view scale,
+                                                       std::optional<at::Generator> generator) {
   static const auto op = operator_handle<BlockSignature>("fastdrop::drop_block");
   auto [output, rng_state, kept] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.redispatch(keys & c10::after_autograd_keyset, input, gamma, block_size, centred, batchwise, eps,
-                         float_scale, std::move(generator));
+    return op.redispatch(keys & c10::after_autograd_keyset, input, gamma, block_size, centred, share_channels, eps,
+                         scale, std::move(generator));
   }();
-  record_block(output, input, rng_state, kept, BlockMask{gamma, block_size, centred, batchwise, eps, float_scale});
+  record_block(output, input, rng_state, kept,
+               BlockMask{gamma, block_size.vec(), centred, share_channels, eps, std::string(scale)});
   return {output, rng_state, kept};
 }
 
 Tensor drop_block_backward_autograd(c10::DispatchKeySet keys, const Tensor& grad, const Tensor& rng_state,
-                                    const Tensor& kept, double gamma, int64_t block_size, bool centred, bool batchwise,
-                                    double eps, bool float_scale) {
+                                    const Tensor& kept, double gamma, at::IntArrayRef block_size, bool centred,
+                                    bool share_channels, double eps, c10::string_view scale) {
   static const auto op = operator_handle<BlockBackwardSignature>("fastdrop::drop_block_backward");
   Tensor grad_input = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.redispatch(keys & c10::after_autograd_keyset, grad, rng_state, kept, gamma, block_size, centred,
-                         batchwise, eps, float_scale);
+                         share_channels, eps, scale);
   }();
-  record_block(grad_input, grad, rng_state, kept, BlockMask{gamma, block_size, centred, batchwise, eps, float_scale});
+  record_block(grad_input, grad, rng_state, kept,
+               BlockMask{gamma, block_size.vec(), centred, share_channels, eps, std::string(scale)});
   return grad_input;
 }
 

@@ -18,9 +18,9 @@ constexpr int kMaskWordBits = 32;
 
 // Spatial dims are (D, H, W); a 2-D block has D = 1 and a block of 1 along it.
 struct BlockGeometry {
-  int64_t planes;    // mask planes: one per (n, c), or per c when the batch shares a mask
-  int64_t channels;  // C: with a shared mask, plane (n, c) reads mask plane c
-  bool shared;       // one mask for every sample (timm's batchwise)
+  int64_t planes;    // mask planes: one per (n, c), or per n when a sample's channels share one
+  int64_t channels;  // C: with a shared mask, plane (n, c) reads mask plane n
+  bool shared;       // one mask for all of a sample's channels (timm's couple_channels)
   int64_t size[3];   // the spatial sizes
   int64_t seeds[3];  // the seed grid's sizes
   int64_t shift[3];  // seed s drops [s + shift, s + shift + block - 1]
@@ -30,7 +30,7 @@ struct BlockGeometry {
   FASTDROP_HOST_DEVICE int64_t rows() const { return size[0] * size[1]; }
   FASTDROP_HOST_DEVICE int64_t seed_rows() const { return seeds[0] * seeds[1]; }
   FASTDROP_HOST_DEVICE int64_t plane_elements() const { return size[0] * size[1] * size[2]; }
-  FASTDROP_HOST_DEVICE int64_t mask_plane_of(int64_t plane) const { return shared ? plane % channels : plane; }
+  FASTDROP_HOST_DEVICE int64_t mask_plane_of(int64_t plane) const { return shared ? plane / channels : plane; }
   // The seed index of (plane, s0, s1, s2), row-major over (planes, seeds).
   FASTDROP_HOST_DEVICE uint64_t seed_index(int64_t plane, int64_t s0, int64_t s1, int64_t s2) const {
     return static_cast<uint64_t>(((plane * seeds[0] + s0) * seeds[1] + s1) * seeds[2] + s2);
@@ -84,14 +84,19 @@ FASTDROP_HOST_DEVICE int64_t first_seed_column(const BlockGeometry& g, int64_t k
   return k * kMaskWordBits - g.shift[2] - g.block[2] + 1;
 }
 
-// torch's numel / (eps + sum(noise)) for a mask with `kept` of its `numel`
-// elements kept, as torchvision computes it, in the input's dtype (the sum
-// rounded to it, then each op), or as timm does, in float32 and then rounded
-// to the input's dtype (float_scale). Python's numel / t is t.reciprocal() * numel.
+// How the kept elements are scaled: by numel / (eps + kept) computed as
+// torchvision computes it, in the input's dtype (the sum rounded to it, then
+// each op); as timm does, in float32 and then rounded to the input's dtype; or
+// not at all (timm's scale_by_keep=False).
+enum class BlockScale { kInput, kFloat, kNone };
+
+// That scale for a mask with `kept` of its `numel` elements kept. Python's
+// numel / t is t.reciprocal() * numel.
 template <typename scalar_t>
-FASTDROP_HOST_DEVICE at::opmath_type<scalar_t> block_scale(int64_t kept, int64_t numel, double eps, bool float_scale) {
+FASTDROP_HOST_DEVICE at::opmath_type<scalar_t> block_scale(int64_t kept, int64_t numel, double eps, BlockScale mode) {
   using opmath_t = at::opmath_type<scalar_t>;
-  if (float_scale) {
+  if (mode == BlockScale::kNone) return opmath_t(1);
+  if (mode == BlockScale::kFloat) {
     const float shifted = add_rounded(static_cast<float>(kept), static_cast<float>(eps));
     const float reciprocal = 1.0f / shifted;
     return static_cast<opmath_t>(static_cast<scalar_t>(mul_rounded(reciprocal, static_cast<float>(numel))));

@@ -60,35 +60,44 @@ inline DecisionIndex checked_decision_index(const at::Tensor& input, at::IntArra
   return {at::DimVector(strides), base};
 }
 
-// drop_block's input: (N, C, H, W) or (N, C, D, H, W), and a block of at least one element.
-inline void check_block_input(const at::Tensor& input, int64_t block_size, const char* op) {
+// drop_block's input, (N, C, H, W) or (N, C, D, H, W), and its block: a
+// positive size per spatial dim.
+inline void check_block_input(const at::Tensor& input, at::IntArrayRef block_size, const char* op) {
   TORCH_CHECK_VALUE(input.dim() == 4 || input.dim() == 5, "fastdrop.", op,
                     ": input must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), but got ", input.dim(), " dims");
-  TORCH_CHECK_VALUE(block_size >= 1, "fastdrop.", op, ": block_size must be positive, but got ", block_size);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(block_size.size()) == input.dim() - 2, "fastdrop.", op,
+                    ": block_size must have one size per spatial dim (", input.dim() - 2, "), but got ", block_size);
+  for (const int64_t size : block_size) {
+    TORCH_CHECK_VALUE(size >= 1, "fastdrop.", op, ": block_size must be positive, but got ", block_size);
+  }
 }
 
-// DropBlock's seeds and blocks over a checked input: the block clipped to the
-// smallest spatial size (as torchvision and timm clip it); seeds where a whole
-// block fits, each dropping the block that starts there (torchvision), or at
-// every element, each dropping the block centred there, clipped at the edges
-// (centred: timm's default).
-inline BlockGeometry block_geometry(at::IntArrayRef sizes, int64_t block_size, bool centred, bool shared) {
+// drop_block's scale argument: 'input', 'float' or 'none' (BlockScale).
+inline BlockScale block_scale_mode(c10::string_view name) {
+  if (name == "input") return BlockScale::kInput;
+  if (name == "float") return BlockScale::kFloat;
+  if (name == "none") return BlockScale::kNone;
+  TORCH_CHECK_VALUE(false, "fastdrop.drop_block: scale must be 'input', 'float' or 'none', but got '", name, "'");
+}
+
+// DropBlock's seeds and blocks over a checked input, each block size clipped to
+// its dim: seeds where a whole block fits, each dropping the block that starts
+// there (torchvision), or at every element, each dropping the block centred
+// there (starting block / 2 before it), clipped at the edges (centred: timm's).
+inline BlockGeometry block_geometry(at::IntArrayRef sizes, at::IntArrayRef block_size, bool centred, bool shared) {
   const int spatial = static_cast<int>(sizes.size()) - 2;
   BlockGeometry g{};
   g.channels = sizes[1];
   g.shared = shared;
-  g.planes = shared ? sizes[1] : sizes[0] * sizes[1];
-  int64_t block = block_size;
-  for (int d = 0; d < 3; ++d) {
-    g.size[d] = d < 3 - spatial ? 1 : sizes[2 + d - (3 - spatial)];
-    if (d >= 3 - spatial) block = std::min(block, g.size[d]);
-  }
-  block = std::max<int64_t>(block, 1);  // an empty spatial dim: nothing to drop
+  g.planes = shared ? sizes[0] : sizes[0] * sizes[1];
   for (int d = 0; d < 3; ++d) {
     const bool padded = d < 3 - spatial;
-    g.block[d] = padded ? 1 : block;
-    g.seeds[d] = padded ? 1 : (centred ? g.size[d] : std::max<int64_t>(g.size[d] - block + 1, 0));
-    g.shift[d] = padded || !centred ? 0 : -(block / 2);
+    g.size[d] = padded ? 1 : sizes[2 + d - (3 - spatial)];
+    // An empty spatial dim leaves nothing to drop: a block of 1 keeps the grid well formed.
+    const int64_t block = padded ? 1 : std::max<int64_t>(1, std::min(block_size[d - (3 - spatial)], g.size[d]));
+    g.block[d] = block;
+    g.seeds[d] = centred ? g.size[d] : std::max<int64_t>(g.size[d] - block + 1, 0);
+    g.shift[d] = centred ? -(block / 2) : 0;
   }
   g.words = (g.size[2] + kMaskWordBits - 1) / kMaskWordBits;
   return g;

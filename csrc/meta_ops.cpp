@@ -25,7 +25,7 @@ NoKernel grouped_kernel(Variant, double, int64_t) { return {}; }
 NoKernel drop_path_add_kernel(const at::Tensor&, Variant, double) { return {}; }
 NoKernel subset_kernel(Variant, double) { return {}; }
 NoKernel subset_backward_kernel(Variant, double) { return {}; }
-NoKernel block_kernel(int64_t, bool, bool, double, double, bool) { return {}; }
+NoKernel block_kernel(at::IntArrayRef, bool, bool, double, double, BlockScale) { return {}; }
 
 // Meta's side of the operators' shape (op_shape.h): nothing drawn, nothing run;
 // rng_state is an uninitialized tensor of its shape.

@@ -56,16 +56,19 @@ inline void define_operators(torch::Library& m) {
       "drop_path_add_subset_backward(Tensor grad, Tensor indices, float p, bool scale_by_keep, ScalarType dtype) "
       "-> Tensor");
   // DropBlock (torchvision's drop_block2d/3d, timm's DropBlock2d): seeds drawn
-  // with probability gamma, each dropping a block_size block (centred on it, or
-  // starting at it), the rest scaled by numel / (eps + kept); returns the output,
-  // rng_state and kept, the mask's kept count, which the backward takes back.
+  // with probability gamma, each dropping a block of block_size (one size per
+  // spatial dim, each clipped to its dim) starting at it, or centred on it;
+  // one mask per (n, c), or per sample (share_channels); the kept elements
+  // scaled by numel / (eps + kept) in the input's dtype (scale 'input'), in
+  // float32 ('float') or not at all ('none'). Returns the output, rng_state and
+  // kept, the mask's kept count, which the backward takes back.
   m.def(
-      "drop_block(Tensor input, float gamma, int block_size, bool centred=False, bool batchwise=False, "
-      "float eps=1e-06, bool float_scale=False, Generator? generator=None) -> (Tensor, Tensor, Tensor)",
+      "drop_block(Tensor input, float gamma, int[] block_size, bool centred=False, bool share_channels=False, "
+      "float eps=1e-06, str scale='input', Generator? generator=None) -> (Tensor, Tensor, Tensor)",
       seeded);
   m.def(
-      "drop_block_backward(Tensor grad, Tensor rng_state, Tensor kept, float gamma, int block_size, "
-      "bool centred=False, bool batchwise=False, float eps=1e-06, bool float_scale=False) -> Tensor");
+      "drop_block_backward(Tensor grad, Tensor rng_state, Tensor kept, float gamma, int[] block_size, "
+      "bool centred=False, bool share_channels=False, float eps=1e-06, str scale='input') -> Tensor");
   // Any variant with the decision of element (i_0, ...) at index
   // index_base + sum_k i_k * index_strides[k]: vmap's batching rules and
   // sharded tensors. variant: 'dropout', 'feature_dropout', 'alpha_dropout' or 'unscaled'.

@@ -216,6 +216,80 @@ def drop_path_add_subset_backward_rule(level, args, bdims):
     return torch.stack([ops.drop_path_add_subset_backward(g, i, p, scale_by_keep, dtype) for g, i in slices]), 0
 
 
+# DropBlock: one mask per slice of the stacked call ("different") or one for
+# every slice ("same"); either way each slice is scaled by its own kept
+# fraction, as an unbatched call scales it.
+
+
+def _block_scaled(x, keep, share_channels, eps, scale):
+    """x (batch first) times each slice's DropBlock mask `keep` (0/1 in x's dtype) and its
+    scale ("input" or "float"), computed per slice from the mask planes as the operators compute it, and rounded
+    in the order the operators round (the noise product first); and each slice's kept count."""
+    mask = keep[:, :, :1] if share_channels else keep  # one mask plane per sample when its channels share one
+    dims, numel = tuple(range(1, mask.dim())), mask[0].numel()
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    if scale == "input":
+        factor = numel / (eps + mask.sum(dims))
+    else:
+        factor = (numel / mask.to(torch.float32).sum(dims).add(eps)).to(x.dtype)
+    return (x * keep) * factor.view(shape), mask.sum(dims, dtype=torch.int64)
+
+
+def _stacked_ones(x):
+    """Ones of the stacked call's shape for a batch-first x: (B * N, C, ...)."""
+    return x.new_ones(()).expand(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def drop_block_rule(level, args, bdims):
+    x, gamma, block_size, centred, share_channels, eps, scale, generator = args
+    x = batch_first(level, x, bdims[0])
+    if not level.different():  # one mask for every slice: x times the scaled mask (of ones)
+        mask, state, kept = ops.drop_block(
+            x.new_ones(()).expand(x.shape[1:]), gamma, block_size, centred, share_channels, eps, scale, generator
+        )
+        return (x * mask, state, kept), (0, None, None)
+    keep, state, kept = ops.drop_block(
+        _stacked_ones(x), gamma, block_size, centred, share_channels, eps, "none", generator
+    )
+    keep = keep.view(x.shape)
+    if scale == "none":
+        mask = keep[:, :, :1] if share_channels else keep
+        output, kept = x * keep, mask.sum(tuple(range(1, mask.dim())), dtype=torch.int64)
+    else:
+        output, kept = _block_scaled(x, keep, share_channels, eps, scale)
+    state, state_dim = returned_state(level, state)
+    return (output, state, kept), (0, state_dim, 0)
+
+
+def drop_block_backward_rule(level, args, bdims):
+    """Not random: the forward's masks, rebuilt from its rng_state, and each slice's scale."""
+    grad, state, kept, gamma, block_size, centred, share_channels, eps, scale = args
+    grad_dim, state_dim, kept_dim = bdims
+    grad = batch_first(level, grad, grad_dim)
+    if state_dim is None and kept_dim is None:  # a "same" forward: one scaled mask for every slice
+        mask = ops.drop_block_backward(
+            grad.new_ones(()).expand(grad.shape[1:]),
+            state,
+            kept,
+            gamma,
+            block_size,
+            centred,
+            share_channels,
+            eps,
+            scale,
+        )
+        return grad * mask, 0
+    if state_dim is not None:
+        state = one_state(state, state_dim)
+    unscaled = torch.zeros((), dtype=torch.int64, device=grad.device)  # scale "none" reads no kept count
+    keep = ops.drop_block_backward(
+        _stacked_ones(grad), state, unscaled, gamma, block_size, centred, share_channels, eps, "none"
+    ).view(grad.shape)
+    if scale == "none":
+        return grad * keep, 0
+    return _block_scaled(grad, keep, share_channels, eps, scale)[0], 0
+
+
 RULES = {
     **{name: forward_rule(name) for name in VARIANTS},
     **{name + "_": inplace_rule(name) for name in VARIANTS if name != "drop_path"},
@@ -225,6 +299,8 @@ RULES = {
     "drop_path_add": drop_path_add_rule,
     "drop_path_add_subset": drop_path_add_subset_rule,
     "drop_path_add_subset_backward": drop_path_add_subset_backward_rule,
+    "drop_block": drop_block_rule,
+    "drop_block_backward": drop_block_backward_rule,
 }
 
 

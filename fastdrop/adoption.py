@@ -57,20 +57,15 @@ _PEER_MODULES = (
     (
         "timm.layers",
         "DropBlock2d",
-        ("drop_prob", "block_size", "gamma_scale", "with_noise"),
+        # timm 1.0.23 and later; older timm's DropBlock2d (fast, batchwise) has no couple_channels and stays.
+        ("drop_prob", "block_size", "gamma_scale", "with_noise", "couple_channels", "scale_by_keep"),
         fnn.TimmDropBlock2d,
         # Gaussian noise in the dropped blocks is not supported: such a module stays as it is.
         lambda m: (
             None
             if m.with_noise
             else fnn.TimmDropBlock2d(
-                m.drop_prob,
-                m.block_size,
-                m.gamma_scale,
-                False,
-                m.inplace,
-                getattr(m, "batchwise", False),
-                getattr(m, "fast", True),
+                m.drop_prob, m.block_size, m.gamma_scale, False, m.inplace, m.couple_channels, m.scale_by_keep
             )
         ),
     ),
@@ -111,7 +106,8 @@ def replace_dropout(model: torch.nn.Module, *, verbose: bool = False) -> torch.n
     """Swaps, in place, every dropout module of `model` for fastdrop's and returns the model.
 
     Replaced: torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout,
-    timm's DropPath and DropBlock2d (not with_noise=True, which stays), torchvision's
+    timm's DropPath and DropBlock2d (timm 1.0.23 and later; not with_noise=True, which
+    stays), torchvision's
     StochasticDepth and DropBlock2d/3d (matched by class where
     those packages import, by name and attributes where they do not). p,
     inplace, mode, scale_by_keep and training state carry over; in eval mode the

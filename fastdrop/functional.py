@@ -455,10 +455,10 @@ def dropout_with_seed(input, p, seed, offset=0):
     return ops.dropout_backward(input, rng_state, p)
 
 
-def _drop_block(input, gamma, block_size, centred, batchwise, eps, float_scale, inplace, generator):
+def _drop_block(input, gamma, block_size, centred, share_channels, eps, scale, inplace, generator):
     """fastdrop::drop_block's output; in place, copied into input (its history rebased as
     torch's in-place ops rebase it: a leaf that requires grad is refused)."""
-    output = ops.drop_block(input, gamma, block_size, centred, batchwise, eps, float_scale, generator)[0]
+    output = ops.drop_block(input, gamma, block_size, centred, share_channels, eps, scale, generator)[0]
     return input.copy_(output) if inplace else output
 
 
@@ -477,7 +477,7 @@ def _torchvision_drop_block(function, spatial, input, p, block_size, inplace, ep
     for size in sizes:
         valid *= size - block + 1
     gamma = p * input[0, 0].numel() / (block**spatial * valid)
-    return _drop_block(input, gamma, block, False, False, float(eps), False, inplace, generator)
+    return _drop_block(input, gamma, [block] * spatial, False, False, float(eps), "input", inplace, generator)
 
 
 def drop_block2d(input, p, block_size, inplace=False, eps=1e-06, training=True, *, generator=None):
@@ -507,22 +507,34 @@ def drop_block3d(input, p, block_size, inplace=False, eps=1e-06, training=True, 
 
 
 def drop_block_timm(
-    x, drop_prob=0.1, block_size=7, gamma_scale=1.0, inplace=False, batchwise=False, fast=True, *, generator=None
+    x,
+    drop_prob=0.1,
+    block_size=7,
+    gamma_scale=1.0,
+    inplace=False,
+    couple_channels=True,
+    scale_by_keep=True,
+    *,
+    generator=None,
 ):
-    """timm's DropBlock2d forward (timm.layers.drop_block_fast_2d, or drop_block_2d with fast=False),
-    without its Gaussian-noise option.
+    """timm.layers.drop_block_2d (timm 1.0.23 and later) without its Gaussian-noise option.
 
-    fast=True: seeds anywhere, each dropping the block centred on it, clipped at
-    the edges (timm ignores batchwise there); fast=False: seeds where the
-    centred block fits, one mask for the whole batch with batchwise. timm's
-    gamma, and its scale computed in float32 (eps 1e-6 fast, 1e-7 not) then
-    rounded to the input's dtype. Always applies (the module checks training).
+    Seeds anywhere, at timm's rate, each dropping the block centred on it
+    (block_size clipped to H and to W on its own), clipped at the edges; one
+    mask per sample shared by its channels (couple_channels, the paper's) or
+    one per channel; the kept elements scaled by numel / (kept + 1e-7) computed
+    in float32, then rounded to x's dtype (scale_by_keep), or not scaled.
+    Always applies: timm's module checks training and drop_prob.
     """
     if x.ndim != 4:
         raise ValueError(f"drop_block_timm(): x must be (B, C, H, W), but got {x.ndim} dims")
     _, _, height, width = x.shape
-    block = min(block_size, width, height)
-    gamma = gamma_scale * drop_prob * width * height / block**2 / ((width - block_size + 1) * (height - block_size + 1))
-    if fast:
-        return _drop_block(x, gamma, block, True, False, 1e-6, True, inplace, generator)
-    return _drop_block(x, gamma, block, False, bool(batchwise), 1e-7, True, inplace, generator)
+    kh, kw = min(block_size, height), min(block_size, width)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"drop_block_timm(): block_size must be positive, but got {block_size}")
+    # timm's gamma, in its operation order (so it rounds as timm's does).
+    gamma = (
+        float(gamma_scale * drop_prob * height * width) / float(kh * kw) / float((height - kh + 1) * (width - kw + 1))
+    )
+    scale = "float" if scale_by_keep else "none"
+    return _drop_block(x, gamma, [kh, kw], True, bool(couple_channels), 1e-7, scale, inplace, generator)

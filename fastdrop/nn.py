@@ -240,9 +240,10 @@ class DropBlock3d(DropBlock2d):
 
 
 class TimmDropBlock2d(_NotScriptable, torch.nn.Module):
-    """timm.layers.DropBlock2d (same constructor and attributes), by
-    fastdrop.functional.drop_block_timm. with_noise=True (Gaussian noise in the
-    dropped blocks) is not supported: the constructor refuses it."""
+    """timm.layers.DropBlock2d of timm 1.0.23 and later (same constructor and attributes), by
+    fastdrop.functional.drop_block_timm. with_noise=True (Gaussian noise in the dropped
+    blocks) is not supported: the constructor refuses it. batchwise and fast, which timm
+    dropped in 1.0.23, are taken and ignored as timm takes them."""
 
     def __init__(
         self,
@@ -251,19 +252,23 @@ class TimmDropBlock2d(_NotScriptable, torch.nn.Module):
         gamma_scale: float = 1.0,
         with_noise: bool = False,
         inplace: bool = False,
-        batchwise: bool = False,
-        fast: bool = True,
+        couple_channels: bool = True,
+        scale_by_keep: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__()
         if with_noise:
             raise NotImplementedError("fastdrop.nn.TimmDropBlock2d: with_noise=True is not supported")
+        unexpected = [key for key in kwargs if key not in ("batchwise", "fast")]
+        if unexpected:
+            _checks._warn(f"TimmDropBlock2d() got unexpected keyword arguments {unexpected}")
         self.drop_prob = drop_prob
         self.gamma_scale = gamma_scale
         self.block_size = block_size
         self.with_noise = with_noise
         self.inplace = inplace
-        self.batchwise = batchwise
-        self.fast = fast
+        self.couple_channels = couple_channels
+        self.scale_by_keep = scale_by_keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, Proxy):
@@ -271,5 +276,11 @@ class TimmDropBlock2d(_NotScriptable, torch.nn.Module):
         if not self.training or not self.drop_prob:
             return x
         return F.drop_block_timm(
-            x, self.drop_prob, self.block_size, self.gamma_scale, self.inplace, self.batchwise, self.fast
+            x,
+            self.drop_prob,
+            self.block_size,
+            self.gamma_scale,
+            self.inplace,
+            self.couple_channels,
+            self.scale_by_keep,
         )

@@ -90,9 +90,9 @@ MUTANTS = [
         "const scalar_t* x = branch + sample * row + column;",
     ),
     (
-        "DropBlock's batch-wide mask read per sample",
+        "DropBlock's per-sample mask read per channel",
         "cuda/drop_block_cuda.cu",
-        "const int64_t mask_plane = g.shared ? static_cast<int64_t>(c) : static_cast<int64_t>(plane);",
+        "const int64_t mask_plane = g.shared ? static_cast<int64_t>(n) : static_cast<int64_t>(plane);",
         1,
         "const int64_t mask_plane = static_cast<int64_t>(plane);",
     ),

@@ -264,31 +264,33 @@ def block_seeds(rng_state, seed_shape, gamma):
     return ~keep_mask(rng_state, seed_shape, gamma)
 
 
-def block_cover(seeds, sizes, block, shift):
-    """1.0 where some seed's block covers an element (seed s covers s + shift ... s + shift + block - 1 along
-    each spatial dim), over `sizes`: max pooling of the seed grid padded so that each output sees its seeds."""
+def block_cover(seeds, sizes, blocks, centred):
+    """1.0 where some seed's block covers an element, over `sizes`: seed s covers s + shift ...
+    s + shift + block - 1 along each spatial dim (shift -(block // 2) when centred, else 0);
+    max pooling of the seed grid padded so that each output sees its seeds."""
     pads = []
     for d in reversed(range(len(sizes))):
-        left = shift + block - 1
-        pads += [left, sizes[d] - seeds.shape[2 + d] - left + block - 1]
+        left = blocks[d] - 1 - (blocks[d] // 2 if centred else 0)
+        pads += [left, sizes[d] - seeds.shape[2 + d] - left + blocks[d] - 1]
     pool = torch.nn.functional.max_pool2d if len(sizes) == 2 else torch.nn.functional.max_pool3d
-    return pool(torch.nn.functional.pad(seeds.double(), pads), kernel_size=block, stride=1)
+    return pool(torch.nn.functional.pad(seeds.double(), pads), kernel_size=tuple(blocks), stride=1)
 
 
-def drop_block(x, rng_state, gamma, block_size, centred=False, batchwise=False, eps=1e-6, float_scale=False):
+def drop_block(x, rng_state, gamma, block_size, centred=False, share_channels=False, eps=1e-6, scale="input"):
     """DropBlock of x from the seeds rng_state draws, in torch ops: torchvision's arithmetic
-    (noise and scale in x's dtype) or timm's (float_scale: the scale in float32, then x's dtype).
-    (output, noise): noise is the 0/1 keep mask (one plane per channel with batchwise)."""
+    (scale "input": noise and scale in x's dtype), timm's ("float": the scale in float32, then
+    x's dtype, multiplied into the noise) or no scale ("none"). block_size: one per spatial dim,
+    each clipped to its dim. (output, noise): noise is the 0/1 keep mask (one plane per sample
+    with share_channels)."""
     sizes = list(x.shape[2:])
-    block = min(block_size, *sizes)
-    seed_sizes = sizes if centred else [size - block + 1 for size in sizes]
-    planes = [1 if batchwise else x.shape[0], x.shape[1]]
+    blocks = [min(block, size) for block, size in zip(block_size, sizes)]
+    seed_sizes = sizes if centred else [size - block + 1 for size, block in zip(sizes, blocks)]
+    planes = [x.shape[0], 1 if share_channels else x.shape[1]]
     seeds = block_seeds(rng_state, planes + seed_sizes, gamma)
-    noise = 1 - block_cover(seeds, sizes, block, -(block // 2) if centred else 0)
-    if float_scale:
-        kept = noise.float()
-        scale = (kept.numel() / kept.sum().add(eps)).to(x.dtype)
-    else:
-        noise = noise.to(x.dtype)
-        scale = noise.numel() / (eps + noise.sum())
-    return x * noise.to(x.dtype) * scale, noise
+    noise = (1 - block_cover(seeds, sizes, blocks, centred)).to(x.dtype)
+    if scale == "input":
+        return x * noise * (noise.numel() / (eps + noise.sum())), noise
+    if scale == "float":
+        factor = noise.numel() / noise.to(torch.float32).sum().add(eps)
+        return x * (noise * factor.to(x.dtype)), noise
+    return x * noise, noise

@@ -170,7 +170,7 @@ def _subset_backward(wider=False):
     return call
 
 
-def _drop_block(block, centred=False, batchwise=False, float_scale=False, backward=False):
+def _drop_block(block, centred=False, share_channels=False, scale="input", backward=False):
     """drop_block of x as (N, C, H, W) (fewer dims get leading ones; more than 5 are
     flattened into the last), or its backward with x the gradient: output, rng_state, kept."""
 
@@ -179,11 +179,12 @@ def _drop_block(block, centred=False, batchwise=False, float_scale=False, backwa
         while x.dim() < 4:
             x = x.unsqueeze(0)
         x = x.flatten(4) if x.dim() > 5 else x
-        forward = ops.drop_block(x, p, block, centred, batchwise, 1e-6, float_scale, g)
+        blocks = [block] * (x.dim() - 2)
+        forward = ops.drop_block(x, p, blocks, centred, share_channels, 1e-6, scale, g)
         if not backward:
             return forward
         _, state, kept = forward
-        return (ops.drop_block_backward(x, state, kept, p, block, centred, batchwise, 1e-6, float_scale),)
+        return (ops.drop_block_backward(x, state, kept, p, blocks, centred, share_channels, 1e-6, scale),)
 
     return call
 
@@ -260,8 +261,8 @@ OPERATORS = [
     ("drop_path_add_subset_backward", True, _subset_backward()),
     ("drop_path_add_subset_backward_wider", True, _subset_backward(wider=True)),
     ("drop_block", True, _drop_block(3)),
-    ("drop_block_centred_even", True, _drop_block(2, centred=True, float_scale=True)),
-    ("drop_block_batchwise_long", True, _drop_block(40, batchwise=True, float_scale=True)),
+    ("drop_block_centred_even", True, _drop_block(2, centred=True, scale="float")),
+    ("drop_block_shared_long", True, _drop_block(40, centred=True, share_channels=True, scale="none")),
     ("drop_block_backward", True, _drop_block(3, backward=True)),
     *[(f"indexed_dropout_{label}", True, _indexed(label)) for label in INDEXED],
     ("indexed_dropout__same", True, _indexed("same", inplace=True)),

@@ -18,21 +18,23 @@ F = fastdrop.functional
 ops = torch.ops.fastdrop
 
 # (shape, block_size): odd and even blocks, rows of several mask words, blocks
-# longer than a word, a block clipped to the plane, 3-D blocks.
+# longer than a word, blocks clipped to the plane (to a different size per dim), 3-D blocks.
 CASES = [
     ((2, 3, 9, 9), 3),
     ((2, 2, 7, 12), 4),
     ((1, 2, 40, 70), 5),
     ((1, 1, 40, 70), 35),
-    ((2, 1, 4, 6), 7),
+    ((2, 3, 4, 6), 7),
     ((1, 2, 5, 6, 7), 3),
     ((1, 1, 6, 5, 40), 2),
 ]
-# (centred, batchwise, eps, float_scale): torchvision's, timm's fast and timm's batchwise forms.
+# (centred, share_channels, eps, scale): torchvision's form, timm's (channels coupled or
+# not), and timm's without scale_by_keep.
 FORMS = {
-    "torchvision": (False, False, 1e-6, False),
-    "timm_fast": (True, False, 1e-6, True),
-    "timm_batchwise": (False, True, 1e-7, True),
+    "torchvision": (False, False, 1e-6, "input"),
+    "timm": (True, True, 1e-7, "float"),
+    "timm_per_channel": (True, False, 1e-7, "float"),
+    "timm_unscaled": (True, True, 1e-7, "none"),
 }
 
 
@@ -50,16 +52,19 @@ def case_id(case):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 def test_forward_and_backward_match_the_reference(device, dtype, case, form):
     shape, block = case
-    centred, batchwise, eps, float_scale = FORMS[form]
+    blocks = [block] * (len(shape) - 2)
+    if form == "torchvision":  # one size, clipped to the smallest dim
+        blocks = [min(block, *shape[2:])] * len(blocks)
+    centred, shared, eps, scale = FORMS[form]
     x = torch.randn(shape, device=device).to(dtype).requires_grad_()
     gamma = 0.07
-    y, rng_state, kept = ops.drop_block(x, gamma, block, centred, batchwise, eps, float_scale, seeded(device, 5))
-    expected, noise = ref.drop_block(x.detach(), rng_state, gamma, block, centred, batchwise, eps, float_scale)
+    y, rng_state, kept = ops.drop_block(x, gamma, blocks, centred, shared, eps, scale, seeded(device, 5))
+    expected, noise = ref.drop_block(x.detach(), rng_state, gamma, blocks, centred, shared, eps, scale)
     assert_identical(y.detach(), expected)
     assert kept.dtype == torch.int64 and kept.dim() == 0 and int(kept) == int(noise.double().sum())
     grad = torch.randn(shape, device=device).to(dtype)
     y.backward(grad)
-    assert_identical(x.grad, ref.drop_block(grad, rng_state, gamma, block, centred, batchwise, eps, float_scale)[0])
+    assert_identical(x.grad, ref.drop_block(grad, rng_state, gamma, blocks, centred, shared, eps, scale)[0])
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
@@ -78,28 +83,30 @@ def test_any_layout_gives_the_contiguous_result(device, layout):
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
-    _, state, kept = ops.drop_block(x, 0.1, 3, generator=seeded(device, 2))
+    _, state, kept = ops.drop_block(x, 0.1, [3, 3], generator=seeded(device, 2))
     assert_identical(
-        ops.drop_block_backward(grad.contiguous(memory_format=torch.channels_last), state, kept, 0.1, 3),
-        ops.drop_block_backward(grad, state, kept, 0.1, 3),
+        ops.drop_block_backward(grad.contiguous(memory_format=torch.channels_last), state, kept, 0.1, [3, 3]),
+        ops.drop_block_backward(grad, state, kept, 0.1, [3, 3]),
     )
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("float_scale", [False, True])
-def test_scale_is_rounded_as_torchvision_and_timm_round_it(dtype, float_scale):
+@pytest.mark.parametrize("scale", ["input", "float", "none"])
+def test_scale_is_rounded_as_torchvision_and_timm_round_it(dtype, scale):
     """numel / (eps + kept) for every kept count up to 2^17 (and some near 2^24): the kept
     elements of a ones gradient carry the scale itself."""
     x = torch.ones(1, 1, 1, 300, dtype=dtype)
-    _, state, _ = ops.drop_block(x, 0.0, 1)  # gamma 0: nothing dropped
+    _, state, _ = ops.drop_block(x, 0.0, [1, 1])  # gamma 0: nothing dropped
     numel = 300
     counts = list(range(0, 1 << 17, 7)) + [(1 << 24) - 3, 1 << 24, (1 << 24) + 5, 123456789]
     for kept in counts:
-        grad = ops.drop_block_backward(x, state, torch.tensor(kept), 0.0, 1, False, False, 1e-6, float_scale)
-        if float_scale:
+        grad = ops.drop_block_backward(x, state, torch.tensor(kept), 0.0, [1, 1], False, False, 1e-6, scale)
+        if scale == "float":
             expected = (numel / torch.tensor(float(kept)).add(1e-6)).to(dtype)
-        else:
+        elif scale == "input":
             expected = numel / (1e-6 + torch.tensor(kept).to(dtype))
+        else:
+            expected = torch.tensor(1.0)
         assert_identical(grad[0, 0, 0, 0], expected.to(dtype))
 
 
@@ -133,7 +140,7 @@ def test_blocks_are_whole_squares_at_the_seeds(device):
     starts at a seed the contract drew (torchvision's placement)."""
     block = 4
     x = torch.ones(1, 1, 64, 64, device=device)
-    y, state, _ = ops.drop_block(x, 0.002, block, generator=seeded(device, 4))
+    y, state, _ = ops.drop_block(x, 0.002, [block, block], generator=seeded(device, 4))
     seeds = ref.block_seeds(state, (1, 1, 61, 61), 0.002)[0, 0]
     dropped = y[0, 0] == 0
     assert seeds.any()
@@ -164,10 +171,14 @@ def test_errors():
     with pytest.raises(RuntimeError, match="floating-point"):
         F.drop_block2d(torch.ones(2, 3, 8, 8, dtype=torch.int64), 0.1, 3)
     with pytest.raises(ValueError, match="4-D"):
-        ops.drop_block(x[0], 0.1, 3)
+        ops.drop_block(x[0], 0.1, [3])
+    with pytest.raises(ValueError, match="one size per spatial dim"):
+        ops.drop_block(x, 0.1, [3])
+    with pytest.raises(ValueError, match="scale must be 'input', 'float' or 'none'"):
+        ops.drop_block(x, 0.1, [3, 3], scale="fp32")
     with pytest.raises(RuntimeError, match="kept must be the 0-dim int64 tensor"):
-        _, state, _ = ops.drop_block(x, 0.1, 3)
-        ops.drop_block_backward(x, state, torch.tensor([1]), 0.1, 3)
+        _, state, _ = ops.drop_block(x, 0.1, [3, 3])
+        ops.drop_block_backward(x, state, torch.tensor([1]), 0.1, [3, 3])
     with pytest.raises(RuntimeError, match="a leaf Variable that requires grad"):
         F.drop_block2d(x.clone().requires_grad_(), 0.1, 3, inplace=True)
 
@@ -202,9 +213,9 @@ def test_gradcheck_with_forward_ad_and_double_backward():
 @pytest.mark.traces
 def test_opcheck():
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
-    torch.library.opcheck(ops.drop_block.default, (x, 0.1, 3, False, False, 1e-6, False, None))
-    _, state, kept = ops.drop_block(x, 0.1, 3)
-    torch.library.opcheck(ops.drop_block_backward.default, (x.detach(), state, kept, 0.1, 3))
+    torch.library.opcheck(ops.drop_block.default, (x, 0.1, [3, 3], True, True, 1e-6, "float", None))
+    _, state, kept = ops.drop_block(x, 0.1, [3, 3])
+    torch.library.opcheck(ops.drop_block_backward.default, (x.detach(), state, kept, 0.1, [3, 3]))
 
 
 @pytest.mark.traces
@@ -224,30 +235,100 @@ def test_compile_fullgraph_matches_eager():
     assert_identical(grad, x.grad)
 
 
-def test_modules_match_torchvisions_interface():
+@pytest.mark.parametrize("form", ["torchvision", "timm", "timm_unscaled"])
+def test_vmap_same_gives_every_slice_the_unbatched_mask(device, form):
+    centred, shared, eps, scale = FORMS[form]
+    x = torch.randn(3, 2, 4, 9, 9, device=device)
+    grad = torch.randn_like(x)
+
+    def drop(t):
+        return ops.drop_block(t, 0.05, [3, 3], centred, shared, eps, scale)[0]
+
+    torch.manual_seed(0)
+    y = torch.vmap(drop, randomness="same")(x)
+    torch.manual_seed(0)
+    grads = torch.vmap(lambda t, g: torch.func.vjp(drop, t)[1](g)[0], randomness="same")(x, grad)
+    for b in range(3):
+        torch.manual_seed(0)
+        assert_identical(y[b], drop(x[b]))
+        torch.manual_seed(0)
+        assert_identical(grads[b], drop(grad[b]))
+
+
+@pytest.mark.parametrize("form", ["torchvision", "timm", "timm_unscaled"])
+def test_vmap_different_draws_the_stacked_call_and_scales_each_slice(device, form):
+    centred, shared, eps, scale = FORMS[form]
+    x = torch.randn(3, 2, 4, 9, 9, device=device)
+    grad = torch.randn_like(x)
+
+    def drop(t):
+        return ops.drop_block(t, 0.05, [3, 3], centred, shared, eps, scale)[0]
+
+    torch.manual_seed(0)
+    y = torch.vmap(drop, randomness="different")(x)
+    torch.manual_seed(0)
+    grads = torch.vmap(lambda t, g: torch.func.vjp(drop, t)[1](g)[0], randomness="different")(x, grad)
+    torch.manual_seed(0)
+    _, state, _ = ops.drop_block(torch.ones(6, 4, 9, 9, device=device), 0.05, [3, 3], centred, shared, eps, "none")
+    noise = ref.drop_block(torch.ones(6, 4, 9, 9), state, 0.05, [3, 3], centred, shared, eps, "none")[1]
+    noise = noise.view(3, 2, 1 if shared else 4, 9, 9)
+    for b in range(3):
+        for tensor, expected_of in ((y, x), (grads, grad)):
+            if scale == "none":
+                expected = expected_of[b] * noise[b]
+            elif scale == "input":
+                expected = expected_of[b] * noise[b] * (noise[b].numel() / (eps + noise[b].sum()))
+            else:
+                factor = (noise[b].numel() / noise[b].float().sum().add(eps)).to(x.dtype)
+                expected = expected_of[b] * (noise[b] * factor)
+            assert_identical(tensor[b], expected)
+    assert not torch.equal(y[0] == 0, y[1] == 0)
+
+
+def test_vmap_error_randomness_raises():
+    with pytest.raises(RuntimeError, match="randomness error mode"):
+        torch.vmap(lambda t: F.drop_block2d(t, 0.3, 3))(torch.randn(2, 2, 3, 8, 8))
+
+
+def test_modules_match_torchvisions_and_timms_interfaces():
     module = fastdrop.nn.DropBlock2d(0.1, 5, inplace=True)
     assert repr(module) == "DropBlock2d(p=0.1, block_size=5, inplace=True)"
     assert (module.p, module.block_size, module.inplace, module.eps) == (0.1, 5, True, 1e-6)
     assert repr(fastdrop.nn.DropBlock3d(0.2, 3)) == "DropBlock3d(p=0.2, block_size=3, inplace=False)"
     x = torch.randn(2, 3, 8, 8)
     assert module.eval()(x) is x
-    timm_like = fastdrop.nn.TimmDropBlock2d(0.1, 5, batchwise=True, fast=False)
+    timm_like = fastdrop.nn.TimmDropBlock2d(0.1, 5, couple_channels=False, scale_by_keep=False, batchwise=True)
+    assert (timm_like.couple_channels, timm_like.scale_by_keep) == (False, False)
     assert timm_like.eval()(x) is x
     with pytest.raises(NotImplementedError, match="with_noise"):
         fastdrop.nn.TimmDropBlock2d(0.1, 5, with_noise=True)
+    with pytest.warns(UserWarning, match="unexpected keyword"):
+        fastdrop.nn.TimmDropBlock2d(0.1, 5, speed=2)
 
 
-def test_timm_module_forms_match_the_reference():
-    x = torch.randn(2, 3, 11, 11)
-    for fast, batchwise, form in [(True, False, "timm_fast"), (False, True, "timm_batchwise")]:
-        module = fastdrop.nn.TimmDropBlock2d(0.2, 5, batchwise=batchwise, fast=fast)
+def test_timm_module_matches_the_reference():
+    x = torch.randn(2, 3, 11, 6)
+    for couple, scale_by_keep, form in [
+        (True, True, "timm"),
+        (False, True, "timm_per_channel"),
+        (True, False, "timm_unscaled"),
+    ]:
+        module = fastdrop.nn.TimmDropBlock2d(0.2, 5, couple_channels=couple, scale_by_keep=scale_by_keep)
         torch.manual_seed(8)
         y = module(x)
-        centred, shared, eps, float_scale = FORMS[form]
-        gamma = 0.2 * 121 / 25 / (7 * 7)
+        centred, shared, eps, scale = FORMS[form]
+        gamma = float(0.2 * 11 * 6) / float(5 * 5) / float(7 * 2)  # timm's, the block 5 x 5 (W = 6)
         torch.manual_seed(8)
-        _, state, _ = ops.drop_block(x, gamma, 5, centred, shared, eps, float_scale)
-        assert_identical(y, ref.drop_block(x, state, gamma, 5, centred, shared, eps, float_scale)[0])
+        _, state, _ = ops.drop_block(x, gamma, [5, 5], centred, shared, eps, scale)
+        assert_identical(y, ref.drop_block(x, state, gamma, [5, 5], centred, shared, eps, scale)[0])
+    # A block larger than W is clipped to W alone (timm's kh, kw).
+    module = fastdrop.nn.TimmDropBlock2d(0.2, 8)
+    torch.manual_seed(8)
+    y = module(x)
+    gamma = float(0.2 * 11 * 6) / float(8 * 6) / float(4 * 1)
+    torch.manual_seed(8)
+    _, state, _ = ops.drop_block(x, gamma, [8, 6], True, True, 1e-7, "float")
+    assert_identical(y, ref.drop_block(x, state, gamma, [8, 6], True, True, 1e-7, "float")[0])
 
 
 def _peer(name, **attributes):
@@ -268,8 +349,8 @@ def test_replace_dropout_swaps_torchvision_and_timm_dropblocks():
             gamma_scale=0.5,
             with_noise=False,
             inplace=False,
-            batchwise=True,
-            fast=False,
+            couple_channels=False,
+            scale_by_keep=True,
         ),
         _peer(
             "DropBlock2d",
@@ -278,16 +359,19 @@ def test_replace_dropout_swaps_torchvision_and_timm_dropblocks():
             gamma_scale=1.0,
             with_noise=True,
             inplace=False,
-            batchwise=False,
-            fast=True,
+            couple_channels=True,
+            scale_by_keep=True,
         ),
+        # timm before 1.0.23 (fast, batchwise): another DropBlock, left as it is.
+        _peer("DropBlock2d", drop_prob=0.1, block_size=7, gamma_scale=1.0, with_noise=False, inplace=False, fast=True),
     )
     fastdrop.replace_dropout(model)
     assert type(model[0]) is fastdrop.nn.DropBlock2d and (model[0].p, model[0].block_size) == (0.1, 3)
     assert type(model[1]) is fastdrop.nn.DropBlock3d and (model[1].inplace, model[1].eps) == (True, 1e-5)
     assert type(model[2]) is fastdrop.nn.TimmDropBlock2d
-    assert (model[2].gamma_scale, model[2].batchwise, model[2].fast) == (0.5, True, False)
+    assert (model[2].gamma_scale, model[2].couple_channels, model[2].scale_by_keep) == (0.5, False, True)
     assert type(model[3]).__name__ == "DropBlock2d" and model[3].with_noise  # not supported: left as it was
+    assert type(model[4]).__module__ != "fastdrop.nn"
 
 
 def _torchvision_ops():
@@ -316,11 +400,56 @@ def test_torchvision_itself_with_the_same_seeds(dtype, spatial, monkeypatch):
     torch.manual_seed(2)
     sizes = shape[2:]
     gamma = 0.3 * math.prod(sizes) / (3**spatial * math.prod(s - 2 for s in sizes))
-    _, state, _ = ops.drop_block(x.detach(), gamma, 3)
+    _, state, _ = ops.drop_block(x.detach(), gamma, [3] * spatial)
     seeds = ref.block_seeds(state, (*shape[:2], *(s - 2 for s in sizes)), gamma)
     monkeypatch.setattr(torch.Tensor, "bernoulli_", lambda self, p: self.copy_(seeds))
     x_peer = x.detach().clone().requires_grad_()
     expected = peer(x_peer, 0.3, 3)
+    assert_identical(y.detach(), expected.detach())
+    grad = torch.randn(shape).to(dtype)
+    y.backward(grad)
+    expected.backward(grad)
+    assert_identical(x.grad, x_peer.grad)
+
+
+def _timm_layers():
+    try:
+        import timm.layers
+
+        return timm.layers
+    except Exception as error:  # noqa: BLE001  (timm is optional; CI installs it beside torchvision)
+        if os.environ.get("FASTDROP_REQUIRE_TIMM"):
+            raise
+        pytest.skip(f"timm does not import here ({type(error).__name__}: {error})")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "couple_channels, scale_by_keep, width", [(True, True, 12), (False, True, 4), (True, False, 12)]
+)
+def test_timm_itself_with_the_same_seeds(dtype, couple_channels, scale_by_keep, width, monkeypatch):
+    """timm.layers.DropBlock2d run with its bernoulli_ replaced by the seeds fastdrop drew:
+    the same output and gradient as fastdrop.nn.TimmDropBlock2d, bit for bit."""
+    layers = _timm_layers()
+    if "couple_channels" not in layers.DropBlock2d.__init__.__code__.co_varnames:
+        pytest.skip("timm before 1.0.23: another DropBlock, which replace_dropout leaves alone")
+    shape = (2, 3, 11, width)
+    x = torch.randn(shape).to(dtype).requires_grad_()
+    arguments = {"couple_channels": couple_channels, "scale_by_keep": scale_by_keep}
+    ours = fastdrop.nn.TimmDropBlock2d(0.2, 5, **arguments)
+    peer = layers.DropBlock2d(0.2, 5, **arguments)
+    torch.manual_seed(4)
+    y = ours(x)
+    kw = min(5, width)
+    gamma = float(0.2 * 11 * width) / float(5 * kw) / float(7 * (width - kw + 1))
+    torch.manual_seed(4)
+    scale = "float" if scale_by_keep else "none"
+    _, state, _ = ops.drop_block(x.detach(), gamma, [5, kw], True, couple_channels, 1e-7, scale)
+    seeds = ref.block_seeds(state, (2, 1 if couple_channels else 3, 11, width), gamma)
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", lambda self, p: self.copy_(seeds))
+    x_peer = x.detach().clone().requires_grad_()
+    expected = peer(x_peer)
+    monkeypatch.undo()
     assert_identical(y.detach(), expected.detach())
     grad = torch.randn(shape).to(dtype)
     y.backward(grad)

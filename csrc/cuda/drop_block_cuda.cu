@@ -92,8 +92,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     drop_block_strided_kernel(const scalar_t* in, scalar_t* out, const uint32_t* mask, const int64_t* kept,
                               BlockGeometry g, BlockRows rows, int32_t items, int64_t numel, double eps,
-                              bool float_scale) {
-  const at::opmath_type<scalar_t> scale = block_scale<scalar_t>(*kept, numel, eps, float_scale);
+                              BlockScale mode) {
+  const at::opmath_type<scalar_t> scale = block_scale<scalar_t>(*kept, numel, eps, mode);
   const uint32_t width = static_cast<uint32_t>(g.size[2]);
   for (int32_t item = static_cast<int32_t>(first_pack()); item < items; item += static_cast<int32_t>(pack_stride())) {
     const uint32_t row = rows.words_per_row.quotient(static_cast<uint32_t>(item));
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t r1 = rows.size1.quotient(row), x1 = row - r1 * rows.size1.divisor;
     const uint32_t plane = rows.size0.quotient(r1), x0 = r1 - plane * rows.size0.divisor;
     const uint32_t n = rows.channels.quotient(plane), c = plane - n * rows.channels.divisor;
-    const int64_t mask_plane = g.shared ? static_cast<int64_t>(c) : static_cast<int64_t>(plane);
+    const int64_t mask_plane = g.shared ? static_cast<int64_t>(n) : static_cast<int64_t>(plane);
     const uint32_t word = mask[(mask_plane * g.rows() + static_cast<int64_t>(x0) * g.size[1] + x1) * g.words + k];
     const uint32_t w0 = k * kMaskWordBits;
     const scalar_t* x = in + n * rows.in_strides[0] + c * rows.in_strides[1] + x0 * rows.in_strides[2] +
@@ -118,9 +118,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The mask of the call keyed by rng, scaled, applied to input (block.inc).
-auto block_kernel(int64_t block_size, bool centred, bool batchwise, double gamma, double eps, bool float_scale) {
+auto block_kernel(at::IntArrayRef block_size, bool centred, bool share_channels, double gamma, double eps,
+                  BlockScale scale) {
   return [=](const at::Tensor& input, at::Tensor& output, KernelRng rng, at::Tensor& kept, bool count) {
-    const BlockGeometry g = block_geometry(input.sizes(), block_size, centred, batchwise);
+    const BlockGeometry g = block_geometry(input.sizes(), block_size, centred, share_channels);
     const auto words = input.options().dtype(at::kInt);
     at::Tensor dilated = at::empty({g.planes * g.seed_rows() * g.words}, words);
     at::Tensor mask = at::empty({g.planes * g.rows() * g.words}, words);
@@ -161,10 +162,10 @@ auto block_kernel(int64_t block_size, bool centred, bool batchwise, double gamma
       scalar_t* out = output.data_ptr<scalar_t>();
       for (int64_t first = 0; first < batch; first += samples_per_piece) {
         const int64_t items = std::min(samples_per_piece, batch - first) * sample_items;
-        const int64_t mask_offset = g.shared ? 0 : first * g.channels * g.rows() * g.words;
+        const int64_t mask_offset = (g.shared ? first : first * g.channels) * g.rows() * g.words;
         FASTDROP_LAUNCH(grid_size(items, kThreads), kThreads, current_stream(), drop_block_strided_kernel<scalar_t>)(
             in + first * rows.in_strides[0], out + first * rows.out_strides[0], mask_words + mask_offset,
-            kept.const_data_ptr<int64_t>(), g, rows, static_cast<int32_t>(items), numel, eps, float_scale);
+            kept.const_data_ptr<int64_t>(), g, rows, static_cast<int32_t>(items), numel, eps, scale);
         check_launch();
       }
     });
