@@ -223,16 +223,18 @@ def drop_path_add_subset_backward_rule(level, args, bdims):
 
 def _block_scaled(x, keep, share_channels, eps, scale):
     """x (batch first) times each slice's DropBlock mask `keep` (0/1 in x's dtype) and its
-    scale ("input" or "float"), computed per slice from the mask planes as the operators compute it, and rounded
+    scale, computed per slice from the mask planes as the operators compute it, and rounded
     in the order the operators round (the noise product first); and each slice's kept count."""
     mask = keep[:, :, :1] if share_channels else keep  # one mask plane per sample when its channels share one
     dims, numel = tuple(range(1, mask.dim())), mask[0].numel()
-    shape = (-1,) + (1,) * (x.dim() - 1)
+    kept = mask.sum(dims, dtype=torch.int64)
+    if scale == "none":
+        return x * keep, kept
     if scale == "input":
         factor = numel / (eps + mask.sum(dims))
     else:
         factor = (numel / mask.to(torch.float32).sum(dims).add(eps)).to(x.dtype)
-    return (x * keep) * factor.view(shape), mask.sum(dims, dtype=torch.int64)
+    return (x * keep) * factor.view((-1,) + (1,) * (x.dim() - 1)), kept
 
 
 def _stacked_ones(x):
@@ -248,15 +250,10 @@ def drop_block_rule(level, args, bdims):
             x.new_ones(()).expand(x.shape[1:]), gamma, block_size, centred, share_channels, eps, scale, generator
         )
         return (x * mask, state, kept), (0, None, None)
-    keep, state, kept = ops.drop_block(
+    keep, state, _ = ops.drop_block(
         _stacked_ones(x), gamma, block_size, centred, share_channels, eps, "none", generator
     )
-    keep = keep.view(x.shape)
-    if scale == "none":
-        mask = keep[:, :, :1] if share_channels else keep
-        output, kept = x * keep, mask.sum(tuple(range(1, mask.dim())), dtype=torch.int64)
-    else:
-        output, kept = _block_scaled(x, keep, share_channels, eps, scale)
+    output, kept = _block_scaled(x, keep.view(x.shape), share_channels, eps, scale)
     state, state_dim = returned_state(level, state)
     return (output, state, kept), (0, state_dim, 0)
 
@@ -285,8 +282,6 @@ def drop_block_backward_rule(level, args, bdims):
     keep = ops.drop_block_backward(
         _stacked_ones(grad), state, unscaled, gamma, block_size, centred, share_channels, eps, "none"
     ).view(grad.shape)
-    if scale == "none":
-        return grad * keep, 0
     return _block_scaled(grad, keep, share_channels, eps, scale)[0], 0
 
 

@@ -235,8 +235,8 @@ def test_compile_fullgraph_matches_eager():
     assert_identical(grad, x.grad)
 
 
-@pytest.mark.parametrize("form", ["torchvision", "timm", "timm_unscaled"])
-def test_vmap_same_gives_every_slice_the_unbatched_mask(device, form):
+def _vmapped(device, form, randomness):
+    """x, a gradient, and drop_block of the form with its vjp under vmap from seed 0: (x, grad, y, grads, drop)."""
     centred, shared, eps, scale = FORMS[form]
     x = torch.randn(3, 2, 4, 9, 9, device=device)
     grad = torch.randn_like(x)
@@ -245,9 +245,15 @@ def test_vmap_same_gives_every_slice_the_unbatched_mask(device, form):
         return ops.drop_block(t, 0.05, [3, 3], centred, shared, eps, scale)[0]
 
     torch.manual_seed(0)
-    y = torch.vmap(drop, randomness="same")(x)
+    y = torch.vmap(drop, randomness=randomness)(x)
     torch.manual_seed(0)
-    grads = torch.vmap(lambda t, g: torch.func.vjp(drop, t)[1](g)[0], randomness="same")(x, grad)
+    grads = torch.vmap(lambda t, g: torch.func.vjp(drop, t)[1](g)[0], randomness=randomness)(x, grad)
+    return x, grad, y, grads, drop
+
+
+@pytest.mark.parametrize("form", ["torchvision", "timm", "timm_unscaled"])
+def test_vmap_same_gives_every_slice_the_unbatched_mask(device, form):
+    x, grad, y, grads, drop = _vmapped(device, form, "same")
     for b in range(3):
         torch.manual_seed(0)
         assert_identical(y[b], drop(x[b]))
@@ -258,16 +264,7 @@ def test_vmap_same_gives_every_slice_the_unbatched_mask(device, form):
 @pytest.mark.parametrize("form", ["torchvision", "timm", "timm_unscaled"])
 def test_vmap_different_draws_the_stacked_call_and_scales_each_slice(device, form):
     centred, shared, eps, scale = FORMS[form]
-    x = torch.randn(3, 2, 4, 9, 9, device=device)
-    grad = torch.randn_like(x)
-
-    def drop(t):
-        return ops.drop_block(t, 0.05, [3, 3], centred, shared, eps, scale)[0]
-
-    torch.manual_seed(0)
-    y = torch.vmap(drop, randomness="different")(x)
-    torch.manual_seed(0)
-    grads = torch.vmap(lambda t, g: torch.func.vjp(drop, t)[1](g)[0], randomness="different")(x, grad)
+    x, grad, y, grads, _ = _vmapped(device, form, "different")
     torch.manual_seed(0)
     _, state, _ = ops.drop_block(torch.ones(6, 4, 9, 9, device=device), 0.05, [3, 3], centred, shared, eps, "none")
     noise = ref.drop_block(torch.ones(6, 4, 9, 9), state, 0.05, [3, 3], centred, shared, eps, "none")[1]

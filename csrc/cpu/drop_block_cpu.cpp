@@ -158,7 +158,7 @@ int64_t build_mask(const BlockGeometry& g, RngState rng, double gamma, std::vect
 }
 
 // One row's elements: y[w] = x[w] * keep * scale, 32 (a mask word) at a time;
-// a word with no drop (most of them) or all dropped is a branch-free loop.
+// a word with no drop (most of them) is a plain scaled copy, any other one product with a per-lane factor.
 template <bool kUnitStrides, typename scalar_t>
 inline void apply_row(const scalar_t* x, scalar_t* y, int64_t in_stride, int64_t out_stride, int64_t width,
                       const uint32_t* words, at::opmath_type<scalar_t> scale) {
@@ -170,8 +170,6 @@ inline void apply_row(const scalar_t* x, scalar_t* y, int64_t in_stride, int64_t
     scalar_t* out = y + first * out_stride;
     if (word == 0) {
       for (int64_t j = 0; j < count; ++j) out[j * out_stride] = apply_block(in[j * in_stride], true, scale);
-    } else if (word == (count == kMaskWordBits ? 0xFFFFFFFFu : (uint32_t(1) << count) - 1u)) {
-      for (int64_t j = 0; j < count; ++j) out[j * out_stride] = apply_block(in[j * in_stride], false, scale);
     } else if (std::isfinite(scale)) {
       // (x * 0) * scale is x * 0 for a finite scale: one product with a per-lane factor, which vectorizes.
       using opmath_t = at::opmath_type<scalar_t>;
@@ -223,13 +221,13 @@ void apply_mask(const at::Tensor& input, at::Tensor& output, const BlockGeometry
 
 auto block_kernel(at::IntArrayRef block_size, bool centred, bool share_channels, double gamma, double eps,
                   BlockScale scale) {
-  return [=](const at::Tensor& input, at::Tensor& output, RngState rng, at::Tensor& kept, bool count) {
+  return [=](const at::Tensor& input, at::Tensor& output, RngState rng, const at::Tensor& kept, bool count) {
     const BlockGeometry g = block_geometry(input.sizes(), block_size, centred, share_channels);
     std::vector<uint32_t> mask;
     const int64_t dropped = build_mask(g, rng, gamma, mask);
     const int64_t numel = g.planes * g.plane_elements();
     if (count) kept.fill_(numel - dropped);
-    const int64_t kept_count = kept.item<int64_t>();
+    const int64_t kept_count = count ? numel - dropped : kept.item<int64_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "drop_block", [&] {
       apply_mask<scalar_t>(input, output, g, mask.data(), block_scale<scalar_t>(kept_count, numel, eps, scale));
     });

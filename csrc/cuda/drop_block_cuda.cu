@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kThreads)
 // The mask of the call keyed by rng, scaled, applied to input (block.inc).
 auto block_kernel(at::IntArrayRef block_size, bool centred, bool share_channels, double gamma, double eps,
                   BlockScale scale) {
-  return [=](const at::Tensor& input, at::Tensor& output, KernelRng rng, at::Tensor& kept, bool count) {
+  return [=](const at::Tensor& input, at::Tensor& output, KernelRng rng, const at::Tensor& kept, bool count) {
     const BlockGeometry g = block_geometry(input.sizes(), block_size, centred, share_channels);
     const auto words = input.options().dtype(at::kInt);
     at::Tensor dilated = at::empty({g.planes * g.seed_rows() * g.words}, words);
