@@ -12,8 +12,10 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,21 @@ using at::Tensor;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// Older torch (2.11 among them) holds autograd nodes by std::shared_ptr, newer
+// torch by c10::intrusive_ptr; Edge::function names whichever this one uses.
+constexpr bool kSharedNodes = std::is_same_v<decltype(torch::autograd::Edge::function), std::shared_ptr<Node>>;
+template <typename T>
+using NodePtr = std::conditional_t<kSharedNodes, std::shared_ptr<T>, c10::intrusive_ptr<T>>;
+
+template <typename T, typename... Args>
+NodePtr<T> make_node(Args&&... args) {
+  if constexpr (kSharedNodes) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> operator_handle(const char* name) {
@@ -166,7 +183,7 @@ void record(const Tensor& output, const Tensor& rng_state, const Mask& mask, std
   }
   if (requires_grad) {
     torch::autograd::edge_list edges;
-    auto node = c10::make_intrusive<MaskBackward>(mask, std::vector<Role>{});
+    auto node = make_node<MaskBackward>(mask, std::vector<Role>{});
     for (const Operand& operand : operands) {
       node->roles_.push_back(operand.role);
       edges.push_back(torch::autograd::impl::gradient_edge(operand.tensor));
@@ -227,9 +244,9 @@ template <typename Run>
 Tensor inplace_with_history(Tensor& self, const Mask& mask, const Run& run) {
   const bool requires_grad = torch::autograd::compute_requires_grad(self);
   torch::autograd::check_inplace(self, requires_grad);
-  c10::intrusive_ptr<MaskBackward> node;
+  NodePtr<MaskBackward> node;
   if (requires_grad) {
-    node = c10::make_intrusive<MaskBackward>(mask, std::vector<Role>{Role::kMasked});
+    node = make_node<MaskBackward>(mask, std::vector<Role>{Role::kMasked});
     node->masked_dtype_ = self.scalar_type();
     node->set_next_edges(torch::autograd::collect_next_edges(self));
   }
@@ -404,7 +421,7 @@ Tensor drop_path_add_subset_autograd(c10::DispatchKeySet keys, const Tensor& res
     return op.redispatch(keys & c10::after_autograd_keyset, residual, branch_kept, indices, p, scale_by_keep);
   }();
   if (torch::autograd::compute_requires_grad(residual, branch_kept)) {
-    auto node = c10::make_intrusive<SubsetBackward>();
+    auto node = make_node<SubsetBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(residual, branch_kept));
     node->indices_ = SavedVariable(indices, false);
     node->p_ = p;
@@ -432,7 +449,7 @@ Tensor drop_path_add_subset_backward_autograd(c10::DispatchKeySet keys, const Te
     return op.redispatch(keys & c10::after_autograd_keyset, grad, indices, p, scale_by_keep, dtype);
   }();
   if (torch::autograd::compute_requires_grad(grad)) {
-    auto node = c10::make_intrusive<SubsetGradientBackward>();
+    auto node = make_node<SubsetGradientBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(grad));
     node->indices_ = SavedVariable(indices, false);
     node->p_ = p;
@@ -501,7 +518,7 @@ struct DropBlockBackward : Node {
 void record_block(const Tensor& output, const Tensor& input, const Tensor& rng_state, const Tensor& kept,
                   const BlockMask& mask) {
   if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<DropBlockBackward>(mask);
+    auto node = make_node<DropBlockBackward>(mask);
     node->set_next_edges(torch::autograd::collect_next_edges(input));
     node->rng_state_ = SavedVariable(rng_state, false);
     node->kept_ = SavedVariable(kept, false);

@@ -287,7 +287,7 @@ def drop_block(x, rng_state, gamma, block_size, centred=False, share_channels=Fa
     seed_sizes = sizes if centred else [size - block + 1 for size, block in zip(sizes, blocks)]
     planes = [x.shape[0], 1 if share_channels else x.shape[1]]
     seeds = block_seeds(rng_state, planes + seed_sizes, gamma)
-    noise = (1 - block_cover(seeds, sizes, blocks, centred)).to(x.dtype)
+    noise = (1 - block_cover(seeds, sizes, blocks, centred)).to(x.device, x.dtype)
     if scale == "input":
         return x * noise * (noise.numel() / (eps + noise.sum())), noise
     if scale == "float":

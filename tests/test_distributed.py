@@ -75,6 +75,10 @@ def worlds(tmp_path_factory):
 def test_distributed(worlds, world, name):
     if world not in distributed_worker.CHECKS[name][1]:
         pytest.skip(f"{name} is not run with {world} ranks")
+    if name == "tensor_parallel_degrees_agree" and torch.torch_version.TorchVersion(torch.__version__) < "2.13":
+        # torch 2.11's DTensor cannot flatten a head-sharded q @ k^T (aten._unsafe_view): the
+        # test model's own attention fails there before any fastdrop op runs.
+        pytest.skip("the test model's batched matmul needs torch 2.13's DTensor sharding rules")
     for rank, results in enumerate(worlds(world)):
         assert name in results, f"rank {rank} of {world} did not run {name}"
         assert results[name] is None, f"rank {rank} of {world}:\n{results[name]}"

@@ -267,7 +267,7 @@ def test_vmap_different_draws_the_stacked_call_and_scales_each_slice(device, for
     x, grad, y, grads, _ = _vmapped(device, form, "different")
     torch.manual_seed(0)
     _, state, _ = ops.drop_block(torch.ones(6, 4, 9, 9, device=device), 0.05, [3, 3], centred, shared, eps, "none")
-    noise = ref.drop_block(torch.ones(6, 4, 9, 9), state, 0.05, [3, 3], centred, shared, eps, "none")[1]
+    noise = ref.drop_block(torch.ones(6, 4, 9, 9, device=device), state, 0.05, [3, 3], centred, shared, eps, "none")[1]
     noise = noise.view(3, 2, 1 if shared else 4, 9, 9)
     for b in range(3):
         for tensor, expected_of in ((y, x), (grads, grad)):

@@ -18,12 +18,11 @@ F = fastdrop.functional
 ops = torch.ops.fastdrop
 
 
-def drawn_state():
-    """The rng_state the next fastdrop call on the CPU's default generator draws (without drawing it)."""
-    state = torch.get_rng_state()
-    rng_state = ops.dropout(torch.ones(1), 0.5)[1]
-    torch.set_rng_state(state)
-    return rng_state
+def drawn_state(device):
+    """The rng_state the next fastdrop call on device's default generator draws (without drawing it)."""
+    cuda = torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if cuda else []):
+        return ops.dropout(torch.ones(1, device=device), 0.5)[1]
 
 
 def seeded(function, seed=7):
@@ -83,7 +82,7 @@ def test_any_noise_shape_is_the_oracle_from_the_same_draw(device, dtype, shape, 
     x = torch.randn(shape, device=device).to(dtype)
     grad = torch.randn(shape, device=device).to(dtype)
     torch.manual_seed(11)
-    rng_state = drawn_state()
+    rng_state = drawn_state(device)
     leaf = x.clone().requires_grad_()
     call = F.alpha_dropout if alpha else F.dropout
     out = call(leaf, 0.3, True, noise_shape=noise)
@@ -167,7 +166,7 @@ def test_locked_dropout_shares_a_mask_over_time(device, batch_first):
     noise = [7, 3, 10]
     noise[time] = 1
     torch.manual_seed(5)
-    rng_state = drawn_state()
+    rng_state = drawn_state(device)
     y = module(x)
     mask = keep_mask(rng_state, noise, 0.4).to(device)
     # PyTorch-NLP's and AWD-LSTM's arithmetic: x * (bernoulli(1 - p) / (1 - p)) with the mask broadcast over time.

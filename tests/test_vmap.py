@@ -144,8 +144,8 @@ def test_jacfwd_respects_randomness():
 # --- exact semantics: "same" is the unbatched call per slice, "different" the call on the stack ---
 
 
-def reseeded(seed):
-    return torch.Generator().manual_seed(seed)
+def reseeded(seed, device="cpu"):
+    return torch.Generator(device).manual_seed(seed)
 
 
 # name -> (fastdrop call with a generator, its shape per slice, the call on the whole batch that
@@ -186,18 +186,18 @@ def test_different_is_one_call_on_the_stacked_batch(device, name, in_dim):
     batch = torch.randn(B0, *shape, device=device)
     x = batch.movedim(0, in_dim)
     with no_fallback():
-        result = vmap(lambda t: call(t, reseeded(1)), in_dims=in_dim, randomness="different")(x)
-    assert_identical(result, stacked_call(name, batch, reseeded(1)))
+        result = vmap(lambda t: call(t, reseeded(1, device)), in_dims=in_dim, randomness="different")(x)
+    assert_identical(result, stacked_call(name, batch, reseeded(1, device)))
 
 
 @pytest.mark.parametrize("name", EXACT)
 def test_different_expands_an_unbatched_input(device, name):
     call, shape, _ = EXACT[name]
     x = torch.randn(shape, device=device)
-    result = vmap(lambda t: call(x, reseeded(2)) + 0 * t, randomness="different")(
+    result = vmap(lambda t: call(x, reseeded(2, device)) + 0 * t, randomness="different")(
         torch.zeros(B0, *shape, device=device)
     )
-    assert_identical(result, stacked_call(name, x.expand(B0, *shape), reseeded(2)))
+    assert_identical(result, stacked_call(name, x.expand(B0, *shape), reseeded(2, device)))
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -206,9 +206,10 @@ def test_same_is_the_unbatched_call_on_every_slice(device, name, in_dim):
     call, shape, _ = EXACT[name]
     batch = torch.randn(B0, *shape, device=device)
     with no_fallback():
-        result = vmap(lambda t: call(t, reseeded(3)), in_dims=in_dim, randomness="same")(batch.movedim(0, in_dim))
+        same = vmap(lambda t: call(t, reseeded(3, device)), in_dims=in_dim, randomness="same")
+        result = same(batch.movedim(0, in_dim))
     for i in range(B0):
-        assert_identical(result[i], call(batch[i], reseeded(3)))
+        assert_identical(result[i], call(batch[i], reseeded(3, device)))
 
 
 def test_stochastic_depth_batch_mode_decides_once_per_slice():
@@ -223,15 +224,9 @@ def test_stochastic_depth_batch_mode_decides_once_per_slice():
 
 
 FUSED = {
-    "dropout_add": (
-        lambda r, x, b, g: FD.dropout_add(r, x, 0.3, generator=g),
-        lambda r, x, b: r + FD.dropout(x, 0.3, generator=reseeded(5)),
-    ),
-    "bias_dropout_add": (
-        lambda r, x, b, g: FD.bias_dropout_add(x, b, r, 0.3, generator=g),
-        lambda r, x, b: r + FD.dropout(x + b, 0.3, generator=reseeded(5)),
-    ),
-    "drop_path_add": (lambda r, x, b, g: FD.drop_path_add(r, x, 0.3, generator=g), None),
+    "dropout_add": lambda r, x, b, g: FD.dropout_add(r, x, 0.3, generator=g),
+    "bias_dropout_add": lambda r, x, b, g: FD.bias_dropout_add(x, b, r, 0.3, generator=g),
+    "drop_path_add": lambda r, x, b, g: FD.drop_path_add(r, x, 0.3, generator=g),
 }
 
 
@@ -240,7 +235,7 @@ FUSED = {
 @pytest.mark.parametrize("batched", ["all", "input_only", "residual_only"])
 @pytest.mark.parametrize("branch_dtype", [torch.float32, torch.bfloat16], ids=["same_dtype", "fp32_residual"])
 def test_fused_forms_under_vmap(device, name, randomness, batched, branch_dtype):
-    call, _ = FUSED[name]
+    call = FUSED[name]
     r = torch.randn(B0, 6, 8, device=device)
     x = torch.randn(B0, 6, 8, device=device).to(branch_dtype)
     x[0, 0, :2] = float("nan")  # a dropped sample's NaN branch must not reach drop_path_add's output
@@ -249,16 +244,17 @@ def test_fused_forms_under_vmap(device, name, randomness, batched, branch_dtype)
     r_in = r if dims[0] == 0 else r[0]
     x_in = x if dims[1] == 0 else x[0]
     with no_fallback():
-        result = vmap(lambda rr, xx: call(rr, xx, b, reseeded(5)), in_dims=dims, randomness=randomness)(r_in, x_in)
+        fused = vmap(lambda rr, xx: call(rr, xx, b, reseeded(5, device)), in_dims=dims, randomness=randomness)
+        result = fused(r_in, x_in)
     r_full, x_full = r_in.expand(B0, 6, 8), x_in.expand(B0, 6, 8)
     if randomness == "same":
         for i in range(B0):
-            assert_identical(result[i], call(r_full[i], x_full[i], b, reseeded(5)))
+            assert_identical(result[i], call(r_full[i], x_full[i], b, reseeded(5, device)))
         return
     if name == "drop_path_add":
-        expected = call(r_full.flatten(0, 1), x_full.flatten(0, 1), b, reseeded(5)).view(B0, 6, 8)
+        expected = call(r_full.flatten(0, 1), x_full.flatten(0, 1), b, reseeded(5, device)).view(B0, 6, 8)
     else:
-        expected = call(r_full, x_full, b, reseeded(5))
+        expected = call(r_full, x_full, b, reseeded(5, device))
     assert_identical(result, expected)
 
 

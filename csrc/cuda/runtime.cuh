@@ -32,7 +32,18 @@
 
 namespace fastdrop::cuda {
 
-using DeviceGuard = c10::cuda::CUDAGuard;
+// A CPU tensor reaches a CUDA operator when a CUDA generator is passed with it
+// (the dispatcher counts a generator's device): torch's error for that call.
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device& device) : guard(generator_checked(device)) {}
+  c10::cuda::CUDAGuard guard;
+
+ private:
+  static at::Device generator_checked(const at::Device& device) {
+    TORCH_CHECK(device.is_cuda(), "Expected a '", device.type(), "' device type for generator but found 'cuda'");
+    return device;
+  }
+};
 
 // Kernels index what one launch covers in 32 bits.
 inline int64_t max_kernel_index() { return INT32_MAX; }
