@@ -55,13 +55,20 @@ class Case:
         itemsize = torch.empty((), dtype=dtype).element_size()
         self.bytes = op.bytes_moved(self.numel, itemsize, direction)
         self.inputs = Rotation(self._make_inputs, self.bytes, cache_bytes(device))
-        grad_dtype = op.output_dtype or dtype
-        self.grad = torch.randn(self.shape, dtype=grad_dtype, device=device) if self.backward else None
+        self.grad = self._make_grad(op.output_dtype or dtype) if self.backward else None
         self.functions = {"fastdrop": op.fastdrop, **op.peers}
         if compile_peers:
             self.functions.update(
                 {f"{name}+compile": compiled(fn) for name, fn in op.peers.items() if name != "x.clone()"}
             )
+
+    def _make_grad(self, dtype):
+        """The incoming gradient in the output's layout, as the layer after an op hands it back: a
+        contiguous gradient for a channels_last output would add a transposing copy into the
+        input's .grad (autograd's layout contract) to every peer's backward alike."""
+        with torch.no_grad():
+            output = self.op.fastdrop(*self.inputs.items[0])
+        return torch.empty_like(output, dtype=dtype).normal_()  # empty_like keeps a dense output's strides
 
     def _make_inputs(self):
         tensors = self.op.inputs(self.shape, self.dtype, self.device)

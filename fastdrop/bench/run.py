@@ -181,7 +181,7 @@ def main(argv=None):
         if failures:
             text += "\n\nCould not run: " + "; ".join(f"{name}: {why}" for name, why in failures.items())
         sections.append(text)
-    summary = verdicts(records, device.type)
+    summary = verdicts(records, device.type, roofline)
     host = []
     if not args.no_host:
         print("per-call host cost (64 elements, one thread) ...", flush=True)

@@ -3,6 +3,9 @@
 from dataclasses import dataclass
 
 FASTEST = "the fastest peer"  # every peer of the op, eager and torch.compile, the fastest in each measurement
+# Not a peer: the target is a fraction of the run's copy roofline (the op's bytes over its time,
+# against a large copy's bytes read + written per second), what bounds every peer ratio on a GPU.
+ROOFLINE = "the copy roofline"
 GROUPED = (
     "dropout2d",
     "dropout2d_channels_last",
@@ -69,6 +72,25 @@ TARGETS = [
     ],
     Target("cuda", "drop_path_add", "fwd+bwd", 1 << 26, None, "timm", 2.0),
     Target("cuda", "drop_path_add", "fwd+bwd", 1 << 26, None, "timm+compile", 1.0),
+    # One read and one write per element at memory speed: what the peer ratios above can reach.
+    # fp32 only: at 2 bytes an element, Philox's work per element is the limit. The residual forms'
+    # backward also pays autograd's copy of the gradient into the residual leaf, which the byte
+    # count leaves out, so only their forward is held to it.
+    *[
+        Target("cuda", op, direction, 1 << 26, None, ROOFLINE, 0.8, ("float32",))
+        for op in ("dropout", "alpha_dropout", "dropout2d", "feature_alpha_dropout", "drop_path", "locked_dropout")
+        for direction in ("fwd", "fwd+bwd")
+    ],
+    *[
+        Target("cuda", op, "fwd", 1 << 26, None, ROOFLINE, 0.8, ("float32",))
+        for op in ("dropout_add", "bias_dropout_add", "drop_path_add")
+    ],
+    # DropBlock builds a bit mask first (seeds, then a separable dilation) and counts what it keeps.
+    *[
+        Target("cuda", op, direction, 1 << 26, None, ROOFLINE, 0.5, ("float32",))
+        for op in ("drop_block2d", "drop_block2d_channels_last")
+        for direction in ("fwd", "fwd+bwd")
+    ],
 ]
 
 
@@ -90,11 +112,12 @@ def size_text(target):
     return f"{low} to 2^{target.high.bit_length() - 1}"
 
 
-def verdicts(records, device):
-    """A markdown section listing each target with the measurements it covers."""
+def verdicts(records, device, roofline=None):
+    """A markdown section listing each target with the measurements it covers. roofline: the
+    run's copy bandwidth in bytes per second (targets against it are left out without one)."""
     lines = []
     for target in TARGETS:
-        if target.device != device:
+        if target.device != device or (target.peer == ROOFLINE and not roofline):
             continue
         covered = [
             r
@@ -104,15 +127,20 @@ def verdicts(records, device):
             and r["numel"] >= target.low
             and (target.high is None or r["numel"] <= target.high)
             and "fastdrop" in r["seconds"]
-            and peer_seconds(r, target.peer) is not None
-            and (device != "cpu" or r["dtype"] in target.dtypes)
+            and (target.peer == ROOFLINE or peer_seconds(r, target.peer) is not None)
+            and r["dtype"] in target.dtypes
         ]
         if not covered:
             continue
-        speedups = [peer_seconds(r, target.peer) / r["seconds"]["fastdrop"] for r in covered]
+        if target.peer == ROOFLINE:
+            speedups = [r["bytes"] / r["seconds"]["fastdrop"] / roofline for r in covered]
+        else:
+            speedups = [peer_seconds(r, target.peer) / r["seconds"]["fastdrop"] for r in covered]
         worst = min(speedups)
         where = covered[speedups.index(worst)]
-        if target.minimum >= 1:
+        if target.peer == ROOFLINE:
+            needs, measured = f">= {target.minimum:.0%} of it", f"worst {worst:.0%}"
+        elif target.minimum >= 1:
             needs, measured = f">= {target.minimum:g}x faster", f"worst {worst:.2f}x"
         else:  # a floor fastdrop may not be much slower than, such as a plain copy
             needs, measured = f"<= {1 / target.minimum:g}x its time", f"worst {1 / worst:.2f}x"
