@@ -12,10 +12,8 @@
 # is left, so the run ends with its files written instead of being killed.
 # Without a GPU it says so and stops (exit 2): everything that needs none runs
 # in CI instead (the emulated CUDA suite, the mutation check, the SASS budget).
-# A setuptools too old for pyproject.toml's license field is replaced from
-# wheels in .whl/ when they are there (a machine with no package index); a
-# compiler that builds crashing extensions (toolchain_probe.py) is replaced by
-# the system g++.
+# A compiler that builds crashing extensions (toolchain_probe.py) is replaced
+# by the system g++.
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR [SECONDS]}
 BUDGET=${2:-480}
@@ -48,16 +46,6 @@ if [ -z "$GPU" ]; then
 fi
 ARCH=$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')
 result "GPU: $GPU (sm_${ARCH/./}); torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
-
-if ! "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; then
-  if ls .whl/setuptools-*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/fastdrop-site .whl/setuptools-*.whl >>"$LOG" 2>&1
-    export PYTHONPATH=/tmp/fastdrop-site${PYTHONPATH:+:$PYTHONPATH}
-    result "setuptools older than 77 (pyproject's license field): using $(ls .whl/setuptools-*.whl)"
-  else
-    result "setuptools older than 77: the build will reject pyproject.toml's license field"
-  fi
-fi
 
 step "toolchain probe"
 if timeout 120 "$PYTHON" benchmarks/toolchain_probe.py >>"$LOG" 2>&1; then

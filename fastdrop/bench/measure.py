@@ -63,12 +63,12 @@ class Case:
             )
 
     def _make_grad(self, dtype):
-        """The incoming gradient in the output's layout, as the layer after an op hands it back: a
-        contiguous gradient for a channels_last output would add a transposing copy into the
-        input's .grad (autograd's layout contract) to every peer's backward alike."""
-        with torch.no_grad():
-            output = self.op.fastdrop(*self.inputs.items[0])
-        return torch.empty_like(output, dtype=dtype).normal_()  # empty_like keeps a dense output's strides
+        """The incoming gradient in the output's layout (every op's output takes its full-size
+        input's), as the layer after an op hands it back: a contiguous gradient for a channels_last
+        output would add a transposing copy into the input's .grad (autograd's layout contract)
+        to every peer's backward alike."""
+        like = next(t for t in self.inputs.items[0] if t.shape == self.shape)
+        return torch.empty_like(like, dtype=dtype, requires_grad=False).normal_()  # keeps a dense input's strides
 
     def _make_inputs(self):
         tensors = self.op.inputs(self.shape, self.dtype, self.device)
