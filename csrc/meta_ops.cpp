@@ -42,6 +42,7 @@ struct Device {
   static void check_no_overlap(const at::Tensor& input) {
     if (!input.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) at::assert_no_internal_overlap(input);
   }
+  static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
 };
 
 // indexed_dropout's checks where the sizes, strides and base are known; symbolic ones are left to the real call.

@@ -10,7 +10,8 @@
 //   recorded(rng_state)      the kernel's rng of the call that returned rng_state;
 //   skips_kernel(t, forward) whether the kernel is not run for t (empty tensors; on CUDA a forward's
 //                            kernel always runs: it records rng_state; Meta runs none);
-//   check_no_overlap(input)  the in-place form's check that no two elements share memory.
+//   check_no_overlap(input)  the in-place form's check that no two elements share memory;
+//   empty_like(like)         a fresh output the kernel writes in full.
 // kernel(input, output, rng) writes the output, which takes the memory format
 // of `like` (the input, or the residual of the fused residual forms).
 #pragma once
@@ -32,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> forward_op(const char* op, const at::Tensor& 
   check_probability(p);
   const typename Device::Guard guard(input);
   auto [rng, rng_state] = Device::draw(input, generator);
-  at::Tensor output = at::empty_like(like.defined() ? like : input);
+  at::Tensor output = Device::empty_like(like.defined() ? like : input);
   if (!Device::skips_kernel(input, true)) kernel(input, output, rng);
   return {output, rng_state};
 }
@@ -56,7 +57,7 @@ at::Tensor backward_op(const char* op, const at::Tensor& grad, const at::Tensor&
   check_probability(p);
   check_rng_state(rng_state, grad, op);
   const typename Device::Guard guard(grad);
-  at::Tensor grad_input = at::empty_like(grad);
+  at::Tensor grad_input = Device::empty_like(grad);
   const at::Tensor state = rng_state.contiguous();  // alive until the kernel has read it
   if (!Device::skips_kernel(grad, false)) kernel(grad, grad_input, Device::recorded(state));
   return grad_input;

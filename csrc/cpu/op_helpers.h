@@ -11,6 +11,7 @@
 #include "../op_shape.h"
 #include "../layout_builder.h"
 #include "../rng_state.h"
+#include "huge_pages.h"
 
 namespace fastdrop::cpu {
 
@@ -35,6 +36,7 @@ struct Device {
   }
   static RngState recorded(const at::Tensor& rng_state) { return read_rng_state_cpu(rng_state); }
   static void check_no_overlap(const at::Tensor& input) { at::assert_no_internal_overlap(input); }
+  static at::Tensor empty_like(const at::Tensor& like) { return empty_output_like(like); }
 };
 
 }  // namespace fastdrop::cpu

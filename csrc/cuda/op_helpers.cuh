@@ -30,6 +30,7 @@ struct Device {
   }
   static KernelRng recorded(const at::Tensor& rng_state) { return recorded_rng(rng_state); }
   static void check_no_overlap(const at::Tensor& input) { at::assert_no_internal_overlap(input); }
+  static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
 };
 
 // Runs f.template operator()<kAffine>() with the flag as a compile-time constant.
