@@ -26,14 +26,33 @@ def test_a_roofline_target_is_the_op_bytes_over_its_time_against_the_copy():
         record("dropout2d", "fwd", 1 << 20, "float32", {"fastdrop": 1.0, "torch": 4.0}, 10),  # below 2^26
     ]
     table = rows(verdicts(records, "cuda", roofline))
-    assert (
-        "worst 85% (float32 2^28) over 2 measurements | met" in table["dropout fwd vs the copy roofline at 2^26 and up"]
-    )
+    dropout = table["dropout fwd vs the copy roofline at 2^26 and up"]
+    assert "worst 85% (float32 2^28) over 2 measurements |  | met" in dropout
     dropout2d = table["dropout2d fwd vs the copy roofline at 2^26 and up"]
-    assert "worst 70% (float32 2^26) over 1 measurements | MISSED" in dropout2d
+    assert "worst 70% (float32 2^26) over 1 measurements |  | MISSED" in dropout2d
     # the peer ratio over both dtypes at 2^26 and up: 1.5x in float32
     assert "worst 1.50x (float32 2^26)" in table["dropout2d fwd vs torch at 2^26 and up"]
     # without the run's copy bandwidth, no roofline row
     assert not any("roofline" in name for name in rows(verdicts(records, "cuda")))
     # a CPU run is held to the CPU's targets only
     assert not any("roofline" in name for name in rows(verdicts(records, "cpu", roofline)))
+
+
+def test_a_peer_target_shows_the_roofline_fraction_it_would_need():
+    roofline = 1000.0  # bytes per second
+    records = [
+        # 1000 bytes: 1 s at the copy's speed. fastdrop takes 1.25 s (80%), torch 1.5 s: 1.20x, where 1.5x
+        # would need fastdrop at 1.5 * 1 / 1.5 = 100% of the copy's speed.
+        record("dropout2d", "fwd", 1 << 20, "float32", {"fastdrop": 1.25, "torch": 1.5}, 1000),
+        # a faster peer (compiled) is the one the fastest-peer target is read against: 1.10x
+        record("dropout2d", "fwd", 1 << 18, "float32", {"fastdrop": 0.5, "torch": 2.0, "torch+compile": 0.55}, 1000),
+    ]
+    row = rows(verdicts(records, "cpu", roofline))["dropout2d fwd vs the fastest peer at 2^10 to 2^20"]
+    assert "worst 1.10x (float32 2^18)" in row
+    # at 2^18: fastdrop at 1 / 0.5 = 200%; 1.5x of the compiled peer's 0.55 s needs 1.5 / 0.55 = 273%
+    assert "| fastdrop at 200%, the target needs 273% | MISSED |" in row
+    at_2_20 = rows(verdicts(records[:1], "cpu", roofline))["dropout2d fwd vs the fastest peer at 2^10 to 2^20"]
+    assert "worst 1.20x (float32 2^20) over 1 measurements | fastdrop at 80%, the target needs 100% |" in at_2_20
+    # without the run's copy bandwidth the column stays empty
+    bare = rows(verdicts(records, "cpu"))["dropout2d fwd vs the fastest peer at 2^10 to 2^20"]
+    assert bare.endswith("over 2 measurements |  | MISSED |")
