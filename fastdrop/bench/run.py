@@ -15,7 +15,7 @@ import fastdrop
 
 from . import host_overhead
 from .cases import FAMILIES, OPS, OPS_BY_NAME
-from .measure import Case, copy_roofline
+from .measure import Case, copy_roofline, warm_up_huge_pages
 from .targets import verdicts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -150,6 +150,7 @@ def main(argv=None):
 
     machine = describe_machine(device)
     roofline = copy_roofline(device, 1.0)
+    warm_up_huge_pages(device)
     print(f"fastdrop.bench on {device.type}: {machine}")
     print(f"copy roofline (a large copy, bytes read + written): {roofline / 1e9:.1f} GB/s; p = 0.1 everywhere")
     print(f"torch.compile peers: {compile_note}\n")
