@@ -31,8 +31,8 @@ def warm_up_huge_pages(device, calls=8):
     machine) the host must back each block again the first time the process takes it: measured there,
     the first 12 calls at 64 MiB took 63-97 ms, then 10-12 ms, against 25 ms in small pages. That is
     once per process, as torch.compile's compile is, and is paid here before anything is timed; after
-    an idle spell of a few seconds the first call pays it again, which each burst's untimed first
-    call takes."""
+    an idle spell of a few seconds the next calls pay part of it again, which each burst's untimed
+    warm-up (timing.settle) takes."""
     if device.type != "cpu":
         return
     scratch = torch.zeros(1 << 26, device=device)  # 256 MiB

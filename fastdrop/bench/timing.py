@@ -1,6 +1,6 @@
 """Side-by-side timing. Candidates take turns in a few rounds, so drift in a
 shared machine's speed hits all of them alike; within a round each runs a
-short burst whose first call is not timed, so it is timed in the steady state
+short burst whose first calls are not timed (settle), so it is timed in the steady state
 its own allocation pattern reaches (on the CPU, interleaving single calls lets
 one op's frees and the next op's allocations turn into page faults that
 belong to neither). Medians are reported."""
@@ -36,6 +36,19 @@ def repetitions_for(seconds_per_call, budget_seconds, minimum=5, maximum=200):
     return int(max(minimum, min(maximum, budget_seconds / seconds_per_call)))
 
 
+def settle(timer, fn, most=8):
+    """Calls fn (untimed) until a call is no more than 20% faster than the one before: the steady
+    state a burst is timed in. One call is not always enough: after an idle spell of a few seconds,
+    a large output's first huge pages must be backed again by a virtual machine's host (see
+    measure.warm_up_huge_pages), and the next two or three calls still pay part of it."""
+    previous = timer(fn)
+    for _ in range(most - 1):
+        current = timer(fn)
+        if current >= 0.8 * previous:
+            return
+        previous = current
+
+
 def compare(candidates, device, budget_seconds=0.5):
     """candidates: {name: zero-argument callable}. Returns {name: median seconds}.
 
@@ -52,7 +65,7 @@ def compare(candidates, device, budget_seconds=0.5):
     samples = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            fn()  # back into this candidate's steady state
+            settle(timer, fn)  # back into this candidate's steady state
             samples[name].extend(timer(fn) for _ in range(per_round))
     return {name: statistics.median(values) for name, values in samples.items()}
 
