@@ -8,12 +8,21 @@
 // pages, it takes one fault per 2 MiB. torch offers the same through
 // THP_MEM_ALLOC_ENABLE=1 for every allocation; this asks only for the outputs
 // of this extension's ops, where the whole range is written at once.
+//
+// Not by default in a virtual machine whose kernel reports free memory to its
+// host (virtio free page reporting, in 2 MiB blocks): a freed huge page is a
+// reported block, which the host must back again before the guest can clear
+// it. On the CI machine that made a process's first 64 MiB calls 63-97 ms, and
+// the first calls after any idle spell of a few seconds up to 3x slower than
+// small pages (25 ms), against 10-12 ms steady: worse than torch where it
+// matters most to a user that an op is never slower.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #if defined(__linux__)
@@ -25,14 +34,24 @@ namespace fastdrop::cpu {
 // From this size up an output holds at least seven aligned huge pages. Below
 // it, glibc mostly hands back heap memory still mapped from an earlier call
 // (no faults to save), and the advice would split the heap's mapping for
-// little. FASTDROP_HUGE_PAGES=0 in the environment turns the advice off
-// (read once, at the first large output).
+// little.
 constexpr int64_t kHugePageAdviceBytes = int64_t{16} << 20;
 
+// Whether the kernel has reported free pages to a hypervisor since boot.
+inline bool reports_free_pages() {
+  std::ifstream reported("/sys/module/page_reporting/parameters/reported_kib");
+  long long kib = 0;
+  return static_cast<bool>(reported >> kib) && kib > 0;
+}
+
+// FASTDROP_HUGE_PAGES=1 asks for huge pages, =0 never; unset, they are asked
+// for unless the kernel reports free pages. Read once, at the first large output.
 inline bool huge_page_advice_enabled() {
   static const bool enabled = [] {
     const char* setting = std::getenv("FASTDROP_HUGE_PAGES");
-    return setting == nullptr || std::string(setting) != "0";
+    if (setting != nullptr && std::string(setting) == "0") return false;
+    if (setting != nullptr && std::string(setting) == "1") return true;
+    return !reports_free_pages();
   }();
   return enabled;
 }
