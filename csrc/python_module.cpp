@@ -17,6 +17,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "cpu/huge_pages.h"
 #include "cpu/philox_cpu.h"
 
 namespace {
@@ -204,6 +205,8 @@ PyObject* cpu_generator_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(fastdrop::cpu::fill_element_bits_isa());
 }
 
+PyObject* cpu_huge_pages(PyObject*, PyObject*) { return PyBool_FromLong(fastdrop::cpu::huge_page_advice_enabled()); }
+
 PyMethodDef methods[] = {
     {"variant", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(variant)), METH_FASTCALL,
      "variant(index, input, p, generator, inplace): fastdrop::dropout, alpha_dropout, feature_dropout or "
@@ -218,6 +221,8 @@ PyMethodDef methods[] = {
      "drop_path_add(residual, branch, p, scale_by_keep, generator): fastdrop::drop_path_add's output."},
     {"cpu_generator_isa", cpu_generator_isa, METH_NOARGS,
      "The SIMD variant (avx512, avx2 or scalar) that generates random bits on this CPU."},
+    {"cpu_huge_pages", cpu_huge_pages, METH_NOARGS,
+     "Whether large CPU outputs ask for transparent huge pages in this process (csrc/cpu/huge_pages.h)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

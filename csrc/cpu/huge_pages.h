@@ -45,13 +45,12 @@ inline bool reports_free_pages() {
 }
 
 // FASTDROP_HUGE_PAGES=1 asks for huge pages, =0 never; unset, they are asked
-// for unless the kernel reports free pages. Read once, at the first large output.
+// for unless the kernel reports free pages. Read once per process.
 inline bool huge_page_advice_enabled() {
   static const bool enabled = [] {
-    const char* setting = std::getenv("FASTDROP_HUGE_PAGES");
-    if (setting != nullptr && std::string(setting) == "0") return false;
-    if (setting != nullptr && std::string(setting) == "1") return true;
-    return !reports_free_pages();
+    const char* raw = std::getenv("FASTDROP_HUGE_PAGES");
+    const std::string setting = raw != nullptr ? raw : "";
+    return setting == "1" || (setting != "0" && !reports_free_pages());
   }();
   return enabled;
 }

@@ -33,7 +33,7 @@ def warm_up_huge_pages(device, calls=8):
     once per process, as torch.compile's compile is, and is paid here before anything is timed; after
     an idle spell of a few seconds the next calls pay part of it again, which each burst's untimed
     warm-up (timing.settle) takes."""
-    if device.type != "cpu":
+    if device.type != "cpu" or not fastdrop._C.cpu_huge_pages():
         return
     scratch = torch.zeros(1 << 26, device=device)  # 256 MiB
     for _ in range(calls):

@@ -52,8 +52,8 @@ def describe_machine(device):
     except (OSError, StopIteration):
         pass
     return (
-        f"{name}, {torch.get_num_threads()} threads, random bits by {fastdrop._C.cpu_generator_isa()}; "
-        f"torch {torch.__version__}"
+        f"{name}, {torch.get_num_threads()} threads, random bits by {fastdrop._C.cpu_generator_isa()}, "
+        f"huge pages {'on' if fastdrop._C.cpu_huge_pages() else 'off'}; torch {torch.__version__}"
     )
 
 
