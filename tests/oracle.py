@@ -236,10 +236,11 @@ def torchvision_stochastic_depth(x, keep, p, mode):
     return x * noise
 
 
-def every_half_value(shape, device, shift=0):
-    """All 65536 fp16 bit patterns (subnormals, infinities, NaNs) in `shape`, rolled by `shift`."""
+def every_half_value(shape, device, shift=0, dtype=torch.float16):
+    """All 65536 bit patterns of a 16-bit float type (subnormals, infinities, NaNs) in `shape`,
+    rolled by `shift`."""
     bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).roll(shift)
-    return bits.view(torch.float16).reshape(shape).to(device)
+    return bits.view(dtype).reshape(shape).to(device)
 
 
 def residual_and_branch(device, shape, branch_dtype, residual_dtype, layout="contiguous"):

@@ -339,18 +339,20 @@ def test_compile_fullgraph_through_the_warning_paths():
     assert_identical(compiled(x), eager)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", VARIANT_NAMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_every_fp16_value_rounds_as_torch(device, name, layout):
-    # Runs of 64 and 1 elements, and runs with one decision (per channel) or many: the fp16 chunk
-    # loops (converted by the CPU's instructions) and the element loops.
-    x = ref.every_half_value((16, 16, 16, 16), device)
+def test_every_16_bit_value_rounds_as_torch(device, name, layout, dtype):
+    # Runs of 256, 16 and 1 elements, with one decision (per channel) or many: the chunk loops
+    # through float buffers (a channels_last input's pixels: 16 channels, whole pixels a chunk at a
+    # time), and the element loops.
+    x = ref.every_half_value((16, 16, 16, 16), device, dtype=dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     y, rng_state = getattr(ops, name)(x, 0.3)
     mask = ref.variant_mask(name, rng_state, x.shape, 0.3)
     assert_identical(y, ref.forward(name, x.detach(), mask, 0.3))
-    grad = ref.every_half_value(x.shape, device, shift=12345)
+    grad = ref.every_half_value(x.shape, device, shift=12345, dtype=dtype)
     (x_grad,) = torch.autograd.grad(y, x, grad)
     assert_identical(x_grad, ref.backward(name, grad, mask, 0.3))

@@ -1,7 +1,11 @@
 #include "half_cpu.h"
 
+#include <c10/util/bit_cast.h>
+
 #include <cstdlib>
 #include <cstring>
+
+#include "vectorize.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTDROP_X86_SIMD 1
@@ -149,6 +153,29 @@ bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64
   if (variant == nullptr) return false;
   variant->to_half(in, out, count);
   return true;
+}
+
+namespace {
+
+// c10's round_to_nearest_even on the float's bits, NaN test included, kept in 32 bits.
+FASTDROP_ALWAYS_INLINE uint32_t rounded_bfloat16_bits(float value) {
+  const uint32_t bits = c10::bit_cast<uint32_t>(value);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return (bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded;
+}
+
+}  // namespace
+
+FASTDROP_CPU_CLONES void bfloat16_to_float(const c10::BFloat16* in, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = c10::bit_cast<float>(static_cast<uint32_t>(in[i].x) << 16);
+}
+
+FASTDROP_CPU_CLONES void float_to_bfloat16(const float* in, c10::BFloat16* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i].x = static_cast<uint16_t>(rounded_bfloat16_bits(in[i]));
+}
+
+FASTDROP_CPU_CLONES void round_to_bfloat16(float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = c10::bit_cast<float>(rounded_bfloat16_bits(x[i]) << 16);
 }
 
 }  // namespace fastdrop::cpu

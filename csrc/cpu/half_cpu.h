@@ -2,9 +2,12 @@
 // (AVX-512F, F16C), chosen at run time; c10's software conversion elsewhere.
 // GCC does not vectorize c10::Half's conversions (nor _Float16's without
 // AVX512-FP16), so the fp16 loops convert a chunk at a time through a float
-// buffer and run the float loop in between.
+// buffer and run the float loop in between. bf16 goes the same way: its
+// conversions vectorize, but a loop that converts, scales, rounds and adds in
+// one body does not vectorize well (2x slower than through the buffer).
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -25,5 +28,12 @@ const char* half_conversion_isa();
 // The conversions through one named variant; false if this CPU cannot run it.
 bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count);
 bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count);
+
+// bf16 -> fp32 exactly; fp32 -> bf16 rounded to nearest even, a NaN to 0x7FC0, bit for bit as c10
+// converts (AVX512-BF16's instruction flushes subnormals, so plain integer arithmetic, vectorized).
+void bfloat16_to_float(const c10::BFloat16* in, float* out, int64_t count);
+void float_to_bfloat16(const float* in, c10::BFloat16* out, int64_t count);
+// x[i] = float(bf16(x[i])).
+void round_to_bfloat16(float* x, int64_t count);
 
 }  // namespace fastdrop::cpu
