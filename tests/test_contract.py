@@ -115,6 +115,9 @@ def tie_cases():
     def feature(call):  # one decision per (n, c): channels of length 1
         return lambda x, p, g: call(x.view(1, -1, 1), p, g)
 
+    def channels_last(call):  # the CPU's tiled walk: each channel's run of bits, transposed into pixels
+        return lambda x, p, g: call(x.view(16, 64, 32, -1).contiguous(memory_format=torch.channels_last), p, g)
+
     zeros = torch.zeros_like
     return [
         ("dropout", forward("dropout")),
@@ -122,6 +125,10 @@ def tie_cases():
         ("dropout_backward", backward("dropout")),
         ("alpha_dropout", forward("alpha_dropout")),
         ("alpha_dropout_", inplace("alpha_dropout")),
+        ("dropout_channels_last", channels_last(forward("dropout"))),
+        ("dropout__channels_last", channels_last(inplace("dropout"))),
+        ("dropout_backward_channels_last", channels_last(backward("dropout"))),
+        ("alpha_dropout_channels_last", channels_last(forward("alpha_dropout"))),
         ("feature_dropout", feature(forward("feature_dropout"))),
         ("feature_dropout_", feature(inplace("feature_dropout"))),
         ("feature_dropout_backward", feature(backward("feature_dropout"))),
@@ -262,6 +269,49 @@ def test_mask_ignores_memory_layout(device, layout):
     y_contiguous = fastdrop.functional.dropout(x.contiguous(), 0.4)
     assert_identical(y.contiguous(), y_contiguous)
     assert y.stride() == torch.empty_like(x).stride()
+
+
+def memory_ordered(shape, order, dtype, generator):
+    """Values of `shape` laid out in memory in dim order `order` (outermost first)."""
+    values = torch.randn([shape[d] for d in order], generator=generator).to(dtype)
+    return values.permute([order.index(d) for d in range(len(shape))])
+
+
+@pytest.mark.parametrize(
+    "shape, order",
+    [
+        ((3, 64, 24, 40), (0, 2, 3, 1)),  # channels_last: whole 8x8 transposes, several tiles a plane
+        ((2, 130, 9, 37), (0, 2, 3, 1)),  # more channels than a tile takes (128 and 2), rows not adjacent
+        ((5, 3, 61, 67), (0, 2, 3, 1)),  # an RGB image: three columns, long runs
+        ((300, 517), (1, 0)),  # a transposed matrix
+        ((70, 6, 50), (1, 2, 0)),  # a dim between the contiguous one and the innermost
+    ],
+    ids=["channels_last", "wide_channels", "rgb", "transposed", "middle_dim"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("op", ["dropout", "alpha_dropout"])
+def test_memory_ordered_walk_gives_the_logical_walks_mask(shape, order, dtype, op):
+    # On the CPU, inputs whose innermost logical dim is not innermost in memory are walked in tiles
+    # (csrc/cpu/element_walk.h); the result must be the contiguous input's, forward and backward,
+    # over thread splits, tile edges and runs that start anywhere in a Philox block.
+    generator = torch.Generator().manual_seed(3)
+    x = memory_ordered(shape, order, dtype, generator)
+    grad = memory_ordered(shape, order, dtype, generator)
+    assert not x.is_contiguous()
+    y, rng_state = getattr(ops, op)(x, 0.3, torch.Generator().manual_seed(11))
+    y_contiguous, rng_state_contiguous = getattr(ops, op)(x.contiguous(), 0.3, torch.Generator().manual_seed(11))
+    assert_identical(rng_state, rng_state_contiguous)
+    assert_identical(y, y_contiguous)
+    assert y.stride() == x.stride()
+    backward = getattr(ops, op + "_backward")
+    assert_identical(backward(grad, rng_state, 0.3), backward(grad.contiguous(), rng_state, 0.3))
+
+
+def test_sliced_channels_last_input_walks_rows_apart():
+    # A channels_last input sliced along W: its pixels are 2 * C apart, the output's C apart.
+    x = torch.randn(2, 64, 10, 24).contiguous(memory_format=torch.channels_last)[..., ::2]
+    y = fastdrop.functional.dropout(x, 0.4, generator=torch.Generator().manual_seed(2))
+    assert_identical(y, fastdrop.functional.dropout(x.contiguous(), 0.4, generator=torch.Generator().manual_seed(2)))
 
 
 def test_mask_ignores_thread_count():

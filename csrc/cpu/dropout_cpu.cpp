@@ -26,6 +26,15 @@ auto elementwise_kernel(Variant variant, double p) {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
+        if (const auto tile = memory_order_tiles(layout)) {
+          parallel_tiles_with_bits(
+              layout, *tile, rng, threshold,
+              [&](const int64_t* at, const int64_t* row_strides, int64_t columns, int64_t rows, const uint16_t* bits) {
+                transform_tile(out + at[0], row_strides[0], in + at[1], row_strides[1], columns, rows, bits, compare,
+                               affine, factors);
+              });
+          return;
+        }
         parallel_runs_with_bits(layout, input.numel(), rng, threshold,
                                 [&](const int64_t* at, int64_t count, const uint16_t* bits) {
                                   transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1),

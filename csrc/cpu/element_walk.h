@@ -4,7 +4,12 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <optional>
 
 #include "../checks.h"
 #include "../layout_builder.h"
@@ -38,19 +43,26 @@ void walk_runs(const StridedLayout<kOperands>& layout, LogicalCursor<kOperands>&
   }
 }
 
-// Replaces each tie (a value equal to the threshold's first 16 bits) in the
-// contract bits of indices first_index ... first_index + count - 1 by its
-// resolved decision, so that is_kept(bits[i], compare_bits(threshold)) decides
-// every element. Ties are rare (2^-16 per element): the scan is what costs.
-inline void resolve_ties(uint16_t* bits, int64_t count, uint64_t first_index, const DropThreshold& threshold,
-                         RngState rng) {
+// Replaces each tie (a value equal to the threshold's first 16 bits) among the contract bits
+// bits[0 ... count - 1], bits[i] that of logical index index_of(i), by its resolved decision, so that
+// is_kept(bits[i], compare_bits(threshold)) decides every element. Ties are rare (2^-16 per
+// element): the scan is what costs.
+template <typename IndexOf>
+void resolve_ties_of(uint16_t* bits, int64_t count, const DropThreshold& threshold, RngState rng,
+                     const IndexOf& index_of) {
   if (threshold.high > 0xFFFFu) return;  // p == 1: nothing ties
   const uint16_t high = static_cast<uint16_t>(threshold.high);
   for (int64_t i = find_value(bits, count, high); i < count;
        i = i + 1 + find_value(bits + i + 1, count - i - 1, high)) {
-    const uint64_t index = first_index + static_cast<uint64_t>(i);
-    bits[i] = static_cast<uint16_t>(resolved_tie_bits(keeps_on_tie(rng.seed, rng.offset, index, threshold.remainder)));
+    bits[i] =
+        static_cast<uint16_t>(resolved_tie_bits(keeps_on_tie(rng.seed, rng.offset, index_of(i), threshold.remainder)));
   }
+}
+
+// The bits of indices first_index ... first_index + count - 1.
+inline void resolve_ties(uint16_t* bits, int64_t count, uint64_t first_index, const DropThreshold& threshold,
+                         RngState rng) {
+  resolve_ties_of(bits, count, threshold, rng, [&](int64_t i) { return first_index + static_cast<uint64_t>(i); });
 }
 
 // All elements in logical order, in parallel, with each element's 16 contract
@@ -73,6 +85,146 @@ void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t num
       walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t index) {
         run(offsets, count, bits + (index - begin));
       });
+    }
+  });
+}
+
+// bits[r * columns + c] = column_bits[c][r]: 8x8 blocks through SSE2's interleaves (a third of the
+// instructions of a value-by-value copy), the edges value by value.
+inline void transpose_bits(const uint16_t* const* column_bits, int64_t columns, int64_t rows, uint16_t* bits) {
+  int64_t whole_columns = 0, whole_rows = 0;
+#if defined(__SSE2__)
+  whole_columns = columns - columns % 8;
+  whole_rows = rows - rows % 8;
+  for (int64_t c = 0; c < whole_columns; c += 8) {
+    for (int64_t r = 0; r < whole_rows; r += 8) {
+      __m128i a[8], b[8];
+      for (int i = 0; i < 8; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(column_bits[c + i] + r));
+      for (int i = 0; i < 8; i += 2) {  // pairs of columns, value by value
+        b[i] = _mm_unpacklo_epi16(a[i], a[i + 1]);
+        b[i + 1] = _mm_unpackhi_epi16(a[i], a[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {  // quads of columns, two values at a time
+        a[i] = _mm_unpacklo_epi32(b[i], b[i + 2]);
+        a[i + 1] = _mm_unpackhi_epi32(b[i], b[i + 2]);
+        a[i + 2] = _mm_unpacklo_epi32(b[i + 1], b[i + 3]);
+        a[i + 3] = _mm_unpackhi_epi32(b[i + 1], b[i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {  // all eight columns: rows 2i and 2i + 1
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(bits + (r + 2 * i) * columns + c),
+                         _mm_unpacklo_epi64(a[i], a[i + 4]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(bits + (r + 2 * i + 1) * columns + c),
+                         _mm_unpackhi_epi64(a[i], a[i + 4]));
+      }
+    }
+  }
+#endif
+  for (int64_t c = 0; c < columns; ++c) {
+    const int64_t first_row = c < whole_columns ? whole_rows : 0;
+    for (int64_t r = first_row; r < rows; ++r) bits[r * columns + c] = column_bits[c][r];
+  }
+}
+
+// Tiles for layouts whose innermost logical dim is not innermost in memory in any operand (a
+// channels_last activation: logical (N, C, H*W), C contiguous; a transposed matrix; a (T, B, H)
+// tensor stored as (B, T, H)... merged to two dims). Walking logical order there touches a new
+// cache line for every element. A tile instead covers `columns` consecutive indices of the dim that
+// is contiguous in every operand (column_dim) by `rows` consecutive indices of the logical-innermost
+// dim: each column's bits are a run of consecutive logical indices, drawn for all columns in one fill,
+// then transposed so that the tile is walked in memory order, row by row.
+struct TileShape {
+  int column_dim;
+  int64_t columns, rows;  // at most, per tile
+};
+
+constexpr int64_t kTileElements = 4096;
+constexpr int64_t kTileMaxColumns = 128;
+// A column's run of rows values starts anywhere in a Philox block: up to 14 more values are drawn
+// than used, so runs are kept long (at least 32 values).
+static_assert(kTileElements / kTileMaxColumns >= 32, "tiles of long columns");
+
+template <int kOperands>
+std::optional<TileShape> memory_order_tiles(const StridedLayout<kOperands>& layout) {
+  if (layout.ndim < 2) return std::nullopt;
+  const int last = layout.ndim - 1;
+  for (int d = last - 1; d >= 0; --d) {
+    bool contiguous = true;
+    for (int k = 0; k < kOperands; ++k) contiguous &= layout.strides[k][d] == 1;
+    if (!contiguous) continue;
+    const int64_t columns = std::min(layout.sizes[d], kTileMaxColumns);
+    const int64_t rows = std::min(layout.sizes[last], kTileElements / columns);
+    return TileShape{d, columns, rows};
+  }
+  return std::nullopt;
+}
+
+// Blocks drawn per column of a tile: its run of `rows` values may start anywhere in a block.
+constexpr int64_t tile_column_blocks(int64_t rows) { return (rows + 2 * (kElementsPerBlock - 1)) / kElementsPerBlock; }
+// columns * rows <= kTileElements, so a tile draws at most this many blocks.
+constexpr int64_t kTileMaxBlocks =
+    (kTileElements + 2 * (kElementsPerBlock - 1) * kTileMaxColumns + kElementsPerBlock - 1) / kElementsPerBlock;
+
+// All elements, in parallel, tile by tile: run(offsets, row_strides, columns, rows, bits), where the
+// tile's row r, column c is operand k's element offsets[k] + r * row_strides[k] + c, decided by
+// bits[r * columns + c] (ties resolved).
+template <int kOperands, typename Run>
+void parallel_tiles_with_bits(const StridedLayout<kOperands>& layout, const TileShape& tile, RngState rng,
+                              const DropThreshold& threshold, const Run& run) {
+  const int last = layout.ndim - 1, column_dim = tile.column_dim;
+  int64_t logical_strides[kMaxLayoutDims];
+  int64_t numel = 1;
+  for (int d = last; d >= 0; --d) {
+    logical_strides[d] = numel;
+    numel *= layout.sizes[d];
+  }
+  const int64_t column_tiles = (layout.sizes[column_dim] + tile.columns - 1) / tile.columns;
+  const int64_t row_tiles = (layout.sizes[last] + tile.rows - 1) / tile.rows;
+  const int64_t planes = numel / (layout.sizes[column_dim] * layout.sizes[last]);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / (tile.columns * tile.rows));
+  at::parallel_for(0, planes * column_tiles * row_tiles, grain, [&](int64_t begin, int64_t end) {
+    uint64_t blocks[kTileMaxBlocks];
+    alignas(64) uint16_t drawn[kTileMaxBlocks * kElementsPerBlock];
+    alignas(64) uint16_t bits[kTileElements];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row_tile = item % row_tiles, column_tile = item / row_tiles % column_tiles;
+      int64_t plane = item / row_tiles / column_tiles;
+      // The plane's other dims, innermost first: where its first element lies and its logical index.
+      int64_t offsets[kOperands] = {};
+      int64_t base = 0;
+      for (int d = last - 1; d >= 0; --d) {
+        if (d == column_dim) continue;
+        const int64_t coord = plane % layout.sizes[d];
+        plane /= layout.sizes[d];
+        base += coord * logical_strides[d];
+        for (int k = 0; k < kOperands; ++k) offsets[k] += coord * layout.strides[k][d];
+      }
+      const int64_t first_column = column_tile * tile.columns, first_row = row_tile * tile.rows;
+      const int64_t columns = std::min(tile.columns, layout.sizes[column_dim] - first_column);
+      const int64_t rows = std::min(tile.rows, layout.sizes[last] - first_row);
+      const int64_t column_blocks = tile_column_blocks(rows);
+      for (int64_t c = 0; c < columns; ++c) {
+        const int64_t start = base + (first_column + c) * logical_strides[column_dim] + first_row;
+        for (int64_t b = 0; b < column_blocks; ++b) {
+          blocks[c * column_blocks + b] = static_cast<uint64_t>(start / kElementsPerBlock + b);
+        }
+      }
+      const int64_t drawn_count = columns * column_blocks * kElementsPerBlock;
+      fill_element_bits_of(rng.seed, rng.offset / 4, blocks, columns * column_blocks, drawn);
+      resolve_ties_of(drawn, drawn_count, threshold, rng, [&](int64_t i) {
+        return blocks[i / kElementsPerBlock] * kElementsPerBlock + static_cast<uint64_t>(i % kElementsPerBlock);
+      });
+      const uint16_t* column_bits[kTileMaxColumns];
+      for (int64_t c = 0; c < columns; ++c) {
+        const int64_t start = base + (first_column + c) * logical_strides[column_dim] + first_row;
+        column_bits[c] = drawn + c * column_blocks * kElementsPerBlock + start % kElementsPerBlock;
+      }
+      transpose_bits(column_bits, columns, rows, bits);
+      int64_t at[kOperands], row_strides[kOperands];
+      for (int k = 0; k < kOperands; ++k) {
+        row_strides[k] = layout.strides[k][last];
+        at[k] = offsets[k] + first_column + first_row * row_strides[k];
+      }
+      run(at, row_strides, columns, rows, bits);
     }
   });
 }

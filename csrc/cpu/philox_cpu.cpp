@@ -17,10 +17,23 @@
 namespace fastdrop::cpu {
 namespace {
 
-void fill_scalar(uint64_t seed, uint64_t column, uint64_t first_block, int64_t num_blocks, uint16_t* out) {
+// Which blocks a fill computes, block k of the fill at out + 8 * k: a run of consecutive indices
+// (the element-wise walk), or any list of them (rows of a tile whose logical runs start anywhere).
+struct ConsecutiveBlocks {
+  uint64_t first;
+  uint64_t operator[](int64_t k) const { return first + static_cast<uint64_t>(k); }
+};
+
+struct ListedBlocks {
+  const uint64_t* list;
+  uint64_t operator[](int64_t k) const { return list[k]; }
+};
+
+template <typename Blocks>
+void fill_scalar(uint64_t seed, uint64_t column, const Blocks& blocks, int64_t begin, int64_t end, uint16_t* out) {
   const PhiloxBlock counter_base = {{static_cast<uint32_t>(column), static_cast<uint32_t>(column >> 32), 0, 0}};
-  for (int64_t k = 0; k < num_blocks; ++k) {
-    const uint64_t block = first_block + static_cast<uint64_t>(k);
+  for (int64_t k = begin; k < end; ++k) {
+    const uint64_t block = blocks[k];
     PhiloxBlock counter = counter_base;
     counter.word[2] = static_cast<uint32_t>(block);
     counter.word[3] = static_cast<uint32_t>(block >> 32);
@@ -31,10 +44,11 @@ void fill_scalar(uint64_t seed, uint64_t column, uint64_t first_block, int64_t n
   }
 }
 
-// Block indices split into 32-bit halves for `lanes` consecutive blocks.
-void block_index_halves(uint64_t first_block, int lanes, uint32_t* lo, uint32_t* hi) {
+// Block indices split into 32-bit halves for blocks k ... k + lanes - 1.
+template <typename Blocks>
+void block_index_halves(const Blocks& blocks, int64_t k, int lanes, uint32_t* lo, uint32_t* hi) {
   for (int lane = 0; lane < lanes; ++lane) {
-    const uint64_t block = first_block + static_cast<uint64_t>(lane);
+    const uint64_t block = blocks[k + lane];
     lo[lane] = static_cast<uint32_t>(block);
     hi[lane] = static_cast<uint32_t>(block >> 32);
   }
@@ -46,7 +60,8 @@ void block_index_halves(uint64_t first_block, int lanes, uint32_t* lo, uint32_t*
 // latency exposed, four keep the vector units busy.
 constexpr int kVectorsInFlight = 4;
 
-__attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t column, uint64_t first_block,
+template <typename Blocks>
+__attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t column, const Blocks& blocks,
                                                     int64_t num_blocks, uint16_t* out) {
   constexpr int kLanes = 16, kStep = kLanes * kVectorsInFlight;
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
@@ -55,7 +70,7 @@ __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t colu
   int64_t k = 0;
   for (; k + kStep <= num_blocks; k += kStep) {
     alignas(64) uint32_t lo[kStep], hi[kStep];
-    block_index_halves(first_block + static_cast<uint64_t>(k), kStep, lo, hi);
+    block_index_halves(blocks, k, kStep, lo, hi);
     __m512i c0[kVectorsInFlight], c1[kVectorsInFlight], c2[kVectorsInFlight], c3[kVectorsInFlight];
     for (int v = 0; v < kVectorsInFlight; ++v) {
       c0[v] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(column)));
@@ -100,10 +115,11 @@ __attribute__((target("avx512f"))) void fill_avx512(uint64_t seed, uint64_t colu
       _mm512_storeu_si512(dst + 96, _mm512_shuffle_i32x4(high01, high23, 0xDD));
     }
   }
-  fill_scalar(seed, column, first_block + static_cast<uint64_t>(k), num_blocks - k, out + kElementsPerBlock * k);
+  fill_scalar(seed, column, blocks, k, num_blocks, out);
 }
 
-__attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, uint64_t first_block, int64_t num_blocks,
+template <typename Blocks>
+__attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, const Blocks& blocks, int64_t num_blocks,
                                                uint16_t* out) {
   constexpr int kLanes = 8, kStep = kLanes * kVectorsInFlight;
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
@@ -111,7 +127,7 @@ __attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, u
   int64_t k = 0;
   for (; k + kStep <= num_blocks; k += kStep) {
     alignas(32) uint32_t lo[kStep], hi[kStep];
-    block_index_halves(first_block + static_cast<uint64_t>(k), kStep, lo, hi);
+    block_index_halves(blocks, k, kStep, lo, hi);
     __m256i c0[kVectorsInFlight], c1[kVectorsInFlight], c2[kVectorsInFlight], c3[kVectorsInFlight];
     for (int v = 0; v < kVectorsInFlight; ++v) {
       c0[v] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(column)));
@@ -152,27 +168,38 @@ __attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t column, u
       _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(b2, b3, 0x31));
     }
   }
-  fill_scalar(seed, column, first_block + static_cast<uint64_t>(k), num_blocks - k, out + kElementsPerBlock * k);
+  fill_scalar(seed, column, blocks, k, num_blocks, out);
 }
 
 #endif  // FASTDROP_X86_SIMD
 
-using FillFn = void (*)(uint64_t, uint64_t, uint64_t, int64_t, uint16_t*);
-
 struct FillVariant {
-  FillFn fn;
+  void (*consecutive)(uint64_t, uint64_t, const ConsecutiveBlocks&, int64_t, uint16_t*);
+  void (*listed)(uint64_t, uint64_t, const ListedBlocks&, int64_t, uint16_t*);
   const char* isa;
 };
+
+void fill_scalar_all(uint64_t seed, uint64_t column, const ConsecutiveBlocks& blocks, int64_t num_blocks,
+                     uint16_t* out) {
+  fill_scalar(seed, column, blocks, 0, num_blocks, out);
+}
+
+void fill_scalar_all(uint64_t seed, uint64_t column, const ListedBlocks& blocks, int64_t num_blocks, uint16_t* out) {
+  fill_scalar(seed, column, blocks, 0, num_blocks, out);
+}
 
 // The variants this CPU can run, best first.
 int supported_variants(FillVariant* variants) {
   int count = 0;
 #if FASTDROP_X86_SIMD
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) variants[count++] = {fill_avx512, "avx512"};
-  if (__builtin_cpu_supports("avx2")) variants[count++] = {fill_avx2, "avx2"};
+  if (__builtin_cpu_supports("avx512f")) {
+    variants[count++] = {fill_avx512<ConsecutiveBlocks>, fill_avx512<ListedBlocks>, "avx512"};
+  }
+  if (__builtin_cpu_supports("avx2"))
+    variants[count++] = {fill_avx2<ConsecutiveBlocks>, fill_avx2<ListedBlocks>, "avx2"};
 #endif
-  variants[count++] = {fill_scalar, "scalar"};
+  variants[count++] = {fill_scalar_all, fill_scalar_all, "scalar"};
   return count;
 }
 
@@ -194,26 +221,43 @@ const FillVariant& fill_variant() {
   return variant;
 }
 
+const FillVariant* find_variant(const char* isa) {
+  static FillVariant variants[3];
+  static const int count = supported_variants(variants);
+  for (int i = 0; i < count; ++i) {
+    if (std::strcmp(variants[i].isa, isa) == 0) return &variants[i];
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 void fill_element_bits(uint64_t seed, uint64_t counter_column, uint64_t first_block, int64_t num_blocks,
                        uint16_t* out) {
-  fill_variant().fn(seed, counter_column, first_block, num_blocks, out);
+  fill_variant().consecutive(seed, counter_column, ConsecutiveBlocks{first_block}, num_blocks, out);
+}
+
+void fill_element_bits_of(uint64_t seed, uint64_t counter_column, const uint64_t* blocks, int64_t num_blocks,
+                          uint16_t* out) {
+  fill_variant().listed(seed, counter_column, ListedBlocks{blocks}, num_blocks, out);
 }
 
 const char* fill_element_bits_isa() { return fill_variant().isa; }
 
 bool fill_element_bits_using(const char* isa, uint64_t seed, uint64_t counter_column, uint64_t first_block,
                              int64_t num_blocks, uint16_t* out) {
-  FillVariant variants[3];
-  const int count = supported_variants(variants);
-  for (int i = 0; i < count; ++i) {
-    if (std::strcmp(variants[i].isa, isa) == 0) {
-      variants[i].fn(seed, counter_column, first_block, num_blocks, out);
-      return true;
-    }
-  }
-  return false;
+  const FillVariant* variant = find_variant(isa);
+  if (variant == nullptr) return false;
+  variant->consecutive(seed, counter_column, ConsecutiveBlocks{first_block}, num_blocks, out);
+  return true;
+}
+
+bool fill_element_bits_of_using(const char* isa, uint64_t seed, uint64_t counter_column, const uint64_t* blocks,
+                                int64_t num_blocks, uint16_t* out) {
+  const FillVariant* variant = find_variant(isa);
+  if (variant == nullptr) return false;
+  variant->listed(seed, counter_column, ListedBlocks{blocks}, num_blocks, out);
+  return true;
 }
 
 FASTDROP_CPU_CLONES int64_t find_value(const uint16_t* values, int64_t count, uint16_t value) {

@@ -266,6 +266,10 @@ def in_channels_last(op):
 for _name in ("feature_alpha_dropout", "dropout2d", "drop_block2d"):  # each right after its NCHW form
     _at = next(i for i, op in enumerate(OPS) if op.name == _name)
     OPS.insert(_at + 1, in_channels_last(OPS[_at]))
+# Element-wise dropout after a convolution of a channels_last network: the same activations as
+# dropout2d's, whose logical order (a channel's pixels) is not their memory order (a pixel's channels).
+_at = next(i for i, op in enumerate(OPS) if op.name == "dropout")
+OPS.insert(_at + 1, in_channels_last(replace(OPS[_at], shape=images)))
 
 OPS_BY_NAME = {op.name: op for op in OPS}
 FAMILIES = list(dict.fromkeys(op.family for op in OPS))
