@@ -307,6 +307,23 @@ def test_memory_ordered_walk_gives_the_logical_walks_mask(shape, order, dtype, o
     assert_identical(backward(grad, rng_state, 0.3), backward(grad.contiguous(), rng_state, 0.3))
 
 
+@pytest.mark.parametrize(
+    "branch_dtype, residual_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float16)],
+    ids=str,
+)
+def test_memory_ordered_walk_of_dropout_add(branch_dtype, residual_dtype):
+    # residual + dropout(x) on channels_last operands: three operands through the tiled walk.
+    generator = torch.Generator().manual_seed(4)
+    order, shape = (0, 2, 3, 1), (3, 72, 20, 30)
+    residual = memory_ordered(shape, order, residual_dtype, generator)
+    x = memory_ordered(shape, order, branch_dtype, generator)
+    y, rng_state = ops.dropout_add(residual, x, 0.3, torch.Generator().manual_seed(6))
+    y_contiguous, _ = ops.dropout_add(residual.contiguous(), x.contiguous(), 0.3, torch.Generator().manual_seed(6))
+    assert_identical(y, y_contiguous)
+    assert y.stride() == residual.stride()
+
+
 def test_sliced_channels_last_input_walks_rows_apart():
     # A channels_last input sliced along W: its pixels are 2 * C apart, the output's C apart.
     x = torch.randn(2, 64, 10, 24).contiguous(memory_format=torch.channels_last)[..., ::2]

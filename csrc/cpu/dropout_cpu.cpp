@@ -26,19 +26,10 @@ auto elementwise_kernel(Variant variant, double p) {
         const auto factors = dropout_factors<scalar_t>(variant, p);
         scalar_t* out = t[0].template data_ptr<scalar_t>();
         const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
-        if (const auto tile = memory_order_tiles(layout)) {
-          parallel_tiles_with_bits(
-              layout, *tile, rng, threshold,
-              [&](const int64_t* at, const int64_t* row_strides, int64_t columns, int64_t rows, const uint16_t* bits) {
-                transform_tile(out + at[0], row_strides[0], in + at[1], row_strides[1], columns, rows, bits, compare,
-                               affine, factors);
-              });
-          return;
-        }
         parallel_runs_with_bits(layout, input.numel(), rng, threshold,
-                                [&](const int64_t* at, int64_t count, const uint16_t* bits) {
-                                  transform_run(out + at[0], layout.inner_stride(0), in + at[1], layout.inner_stride(1),
-                                                bits, count, compare, affine, factors);
+                                [&](const int64_t* at, const int64_t* strides, int64_t count, const uint16_t* bits) {
+                                  transform_run(out + at[0], strides[0], in + at[1], strides[1], bits, count, compare,
+                                                affine, factors);
                                 });
       });
     });
@@ -64,14 +55,13 @@ auto add_dropout_kernel(const at::Tensor& residual, const at::Tensor& bias, doub
                   const scalar_t* in = t[1].template const_data_ptr<scalar_t>();
                   const residual_t* res = t[2].template const_data_ptr<residual_t>();
                   const scalar_t* b = kTensors == 4 ? t[kTensors - 1].template const_data_ptr<scalar_t>() : nullptr;
-                  parallel_runs_with_bits(layout, input.numel(), rng, threshold,
-                                          [&](const int64_t* at, int64_t count, const uint16_t* bits) {
-                                            add_dropout_run(out + at[0], layout.inner_stride(0), in + at[1],
-                                                            layout.inner_stride(1), res + at[2], layout.inner_stride(2),
-                                                            b == nullptr ? nullptr : b + at[kTensors - 1],
-                                                            layout.inner_stride(kTensors - 1), bits, count, compare,
-                                                            factors);
-                                          });
+                  parallel_runs_with_bits(
+                      layout, input.numel(), rng, threshold,
+                      [&](const int64_t* at, const int64_t* strides, int64_t count, const uint16_t* bits) {
+                        add_dropout_run(out + at[0], strides[0], in + at[1], strides[1], res + at[2], strides[2],
+                                        b == nullptr ? nullptr : b + at[kTensors - 1], strides[kTensors - 1], bits,
+                                        count, compare, factors);
+                      });
                 });
           });
     };

@@ -66,11 +66,13 @@ inline void resolve_ties(uint16_t* bits, int64_t count, uint64_t first_index, co
 }
 
 // All elements in logical order, in parallel, with each element's 16 contract
-// bits, ties resolved: run(offsets, count, bits). Threads split at Philox
-// block boundaries so no block is computed twice.
+// bits, ties resolved: run(offsets, strides, count, bits). Threads split at
+// Philox block boundaries so no block is computed twice.
 template <int kOperands, typename Run>
-void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
-                             const DropThreshold& threshold, const Run& run) {
+void parallel_logical_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
+                                     const DropThreshold& threshold, const Run& run) {
+  int64_t strides[kOperands];
+  for (int k = 0; k < kOperands; ++k) strides[k] = layout.inner_stride(k);
   const int64_t num_blocks = (numel + kElementsPerBlock - 1) / kElementsPerBlock;
   at::parallel_for(0, num_blocks, kGrainElements / kElementsPerBlock, [&](int64_t first_block, int64_t last_block) {
     alignas(64) uint16_t bits[kRunChunk];
@@ -83,7 +85,7 @@ void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t num
       const int64_t end = std::min(numel, (block + blocks) * kElementsPerBlock);
       resolve_ties(bits, end - begin, static_cast<uint64_t>(begin), threshold, rng);
       walk_runs(layout, cursor, begin, end, [&](const int64_t* offsets, int64_t count, int64_t index) {
-        run(offsets, count, bits + (index - begin));
+        run(offsets, strides, count, bits + (index - begin));
       });
     }
   });
@@ -164,9 +166,9 @@ constexpr int64_t tile_column_blocks(int64_t rows) { return (rows + 2 * (kElemen
 constexpr int64_t kTileMaxBlocks =
     (kTileElements + 2 * (kElementsPerBlock - 1) * kTileMaxColumns + kElementsPerBlock - 1) / kElementsPerBlock;
 
-// All elements, in parallel, tile by tile: run(offsets, row_strides, columns, rows, bits), where the
-// tile's row r, column c is operand k's element offsets[k] + r * row_strides[k] + c, decided by
-// bits[r * columns + c] (ties resolved).
+// All elements, in parallel, tile by tile, as runs of contiguous elements: run(offsets, strides,
+// count, bits) with unit strides, a tile row at a time, or the whole tile where its rows follow each
+// other in every operand (a channels_last pixel's channels, the next pixel's).
 template <int kOperands, typename Run>
 void parallel_tiles_with_bits(const StridedLayout<kOperands>& layout, const TileShape& tile, RngState rng,
                               const DropThreshold& threshold, const Run& run) {
@@ -219,14 +221,37 @@ void parallel_tiles_with_bits(const StridedLayout<kOperands>& layout, const Tile
         column_bits[c] = drawn + c * column_blocks * kElementsPerBlock + start % kElementsPerBlock;
       }
       transpose_bits(column_bits, columns, rows, bits);
-      int64_t at[kOperands], row_strides[kOperands];
+      int64_t unit[kOperands];
+      bool adjacent = true;
       for (int k = 0; k < kOperands; ++k) {
-        row_strides[k] = layout.strides[k][last];
-        at[k] = offsets[k] + first_column + first_row * row_strides[k];
+        unit[k] = 1;
+        offsets[k] += first_column + first_row * layout.strides[k][last];
+        adjacent &= layout.strides[k][last] == columns;
       }
-      run(at, row_strides, columns, rows, bits);
+      if (adjacent) {
+        run(offsets, unit, columns * rows, bits);
+        continue;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t at[kOperands];
+        for (int k = 0; k < kOperands; ++k) at[k] = offsets[k] + r * layout.strides[k][last];
+        run(at, unit, columns, bits + r * columns);
+      }
     }
   });
+}
+
+// All elements with each element's 16 contract bits, ties resolved: run(offsets, strides, count,
+// bits) for runs of operand k's elements offsets[k] + i * strides[k], i < count, in tiles where the
+// logical order is not the memory order (memory_order_tiles), else in logical order.
+template <int kOperands, typename Run>
+void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
+                             const DropThreshold& threshold, const Run& run) {
+  if (const auto tile = memory_order_tiles(layout)) {
+    parallel_tiles_with_bits(layout, *tile, rng, threshold, run);
+  } else {
+    parallel_logical_runs_with_bits(layout, numel, rng, threshold, run);
+  }
 }
 
 }  // namespace fastdrop::cpu

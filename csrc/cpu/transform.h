@@ -140,23 +140,6 @@ void transform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_
   }
 }
 
-// A tile of parallel_tiles_with_bits: row r, column c of each operand at r * row_stride + c, decided
-// by bits[r * columns + c]. Rows that follow each other in memory (a whole channels_last pixel per
-// row) are one run.
-template <typename scalar_t>
-void transform_tile(scalar_t* out, int64_t out_row_stride, const scalar_t* in, int64_t in_row_stride, int64_t columns,
-                    int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,
-                    DropoutFactors<scalar_t> factors) {
-  if (out_row_stride == columns && in_row_stride == columns) {
-    transform_contiguous(out, in, bits, columns * rows, compare, affine, factors);
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    transform_contiguous(out + r * out_row_stride, in + r * in_row_stride, bits + r * columns, columns, compare, affine,
-                         factors);
-  }
-}
-
 template <typename scalar_t>
 void transform_uniform_run(scalar_t* out, int64_t out_stride, const scalar_t* in, int64_t in_stride, int64_t count,
                            bool kept, bool affine, DropoutFactors<scalar_t> factors) {
