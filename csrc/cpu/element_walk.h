@@ -1,5 +1,6 @@
-// Splitting a tensor's elements over threads and walking them as runs along
-// the innermost (merged) dim, for kernels that take any strides.
+// Splitting a tensor's elements over threads and walking them as runs, for
+// kernels that take any strides: along the innermost (merged) dim, or in tiles
+// where another dim is the one contiguous in memory (parallel_runs_with_bits).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -127,10 +128,10 @@ inline void transpose_bits(const uint16_t* const* column_bits, int64_t columns, 
   }
 }
 
-// Tiles for layouts whose innermost logical dim is not innermost in memory in any operand (a
-// channels_last activation: logical (N, C, H*W), C contiguous; a transposed matrix; a (T, B, H)
-// tensor stored as (B, T, H)... merged to two dims). Walking logical order there touches a new
-// cache line for every element. A tile instead covers `columns` consecutive indices of the dim that
+// Tiles for layouts where a dim other than the logical-innermost one is contiguous in every operand
+// (a channels_last activation: logical (N, C, H*W), C contiguous; a transposed matrix; a (B, T, H)
+// tensor stored as (H, B, T)). Walking logical order there touches a new cache line for every
+// element. A tile instead covers `columns` consecutive indices of the dim that
 // is contiguous in every operand (column_dim) by `rows` consecutive indices of the logical-innermost
 // dim: each column's bits are a run of consecutive logical indices, drawn for all columns in one fill,
 // then transposed so that the tile is walked in memory order, row by row.

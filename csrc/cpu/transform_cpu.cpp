@@ -118,6 +118,7 @@ void round_to_half(float* x, int64_t count) {
   half_to_float(rounded, x, count);
 }
 
+// The 16-bit types' conversions by overload; round_to's first argument only names the type.
 void to_float(const c10::Half* in, float* out, int64_t count) { half_to_float(in, out, count); }
 void to_float(const c10::BFloat16* in, float* out, int64_t count) { bfloat16_to_float(in, out, count); }
 void from_float(const float* in, c10::Half* out, int64_t count) { float_to_half(in, out, count); }
