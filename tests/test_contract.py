@@ -331,8 +331,11 @@ def test_sliced_channels_last_input_walks_rows_apart():
     assert_identical(y, fastdrop.functional.dropout(x.contiguous(), 0.4, generator=torch.Generator().manual_seed(2)))
 
 
-def test_mask_ignores_thread_count():
-    x = torch.randn(1 << 20)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_mask_ignores_thread_count(layout):
+    x = torch.randn(16, 64, 32, 32)  # 2^20 elements: many tiles or chunks per thread
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     try:
         results = []
