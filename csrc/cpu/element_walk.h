@@ -205,22 +205,18 @@ void parallel_tiles_with_bits(const StridedLayout<kOperands>& layout, const Tile
       const int64_t columns = std::min(tile.columns, layout.sizes[column_dim] - first_column);
       const int64_t rows = std::min(tile.rows, layout.sizes[last] - first_row);
       const int64_t column_blocks = tile_column_blocks(rows);
+      const uint16_t* column_bits[kTileMaxColumns];  // where each column's run starts in `drawn`
       for (int64_t c = 0; c < columns; ++c) {
         const int64_t start = base + (first_column + c) * logical_strides[column_dim] + first_row;
         for (int64_t b = 0; b < column_blocks; ++b) {
           blocks[c * column_blocks + b] = static_cast<uint64_t>(start / kElementsPerBlock + b);
         }
-      }
-      const int64_t drawn_count = columns * column_blocks * kElementsPerBlock;
-      fill_element_bits_of(rng.seed, rng.offset / 4, blocks, columns * column_blocks, drawn);
-      resolve_ties_of(drawn, drawn_count, threshold, rng, [&](int64_t i) {
-        return blocks[i / kElementsPerBlock] * kElementsPerBlock + static_cast<uint64_t>(i % kElementsPerBlock);
-      });
-      const uint16_t* column_bits[kTileMaxColumns];
-      for (int64_t c = 0; c < columns; ++c) {
-        const int64_t start = base + (first_column + c) * logical_strides[column_dim] + first_row;
         column_bits[c] = drawn + c * column_blocks * kElementsPerBlock + start % kElementsPerBlock;
       }
+      fill_element_bits_of(rng.seed, rng.offset / 4, blocks, columns * column_blocks, drawn);
+      resolve_ties_of(drawn, columns * column_blocks * kElementsPerBlock, threshold, rng, [&](int64_t i) {
+        return blocks[i / kElementsPerBlock] * kElementsPerBlock + static_cast<uint64_t>(i % kElementsPerBlock);
+      });
       transpose_bits(column_bits, columns, rows, bits);
       int64_t unit[kOperands];
       bool adjacent = true;

@@ -2,9 +2,9 @@
 
 #include <c10/util/bit_cast.h>
 
-#include <cstdlib>
 #include <cstring>
 
+#include "isa_variants.h"
 #include "vectorize.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -109,28 +109,16 @@ int supported(Conversions* variants) {
   return count;
 }
 
-const Conversions* find(const char* isa) {
-  static Conversions variants[3];
-  static const int count = supported(variants);
-  for (int i = 0; i < count; ++i) {
-    if (std::strcmp(variants[i].isa, isa) == 0) return &variants[i];
-  }
-  return nullptr;
+const IsaVariants<Conversions, 3>& conversions() {
+  static const auto variants = IsaVariants<Conversions, 3>::of(supported);
+  return variants;
 }
 
+// FASTDROP_CPU_ISA=avx2 selects "f16c", the conversions AVX2-era CPUs have.
 const Conversions& chosen() {
-  static const Conversions conversions = [] {
-    Conversions variants[3];
-    const int count = supported(variants);
-    if (const char* requested = std::getenv("FASTDROP_CPU_ISA")) {
-      const char* isa = std::strcmp(requested, "avx2") == 0 ? "f16c" : requested;
-      for (int i = 0; i < count; ++i) {
-        if (std::strcmp(variants[i].isa, isa) == 0) return variants[i];
-      }
-    }
-    return variants[0];
-  }();
-  return conversions;
+  static const Conversions& variant =
+      conversions().chosen([](const char* isa) -> const char* { return std::strcmp(isa, "avx2") == 0 ? "f16c" : isa; });
+  return variant;
 }
 
 }  // namespace
@@ -142,14 +130,14 @@ void float_to_half(const float* in, c10::Half* out, int64_t count) { chosen().to
 const char* half_conversion_isa() { return chosen().isa; }
 
 bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count) {
-  const Conversions* variant = find(isa);
+  const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
   variant->to_float(in, out, count);
   return true;
 }
 
 bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count) {
-  const Conversions* variant = find(isa);
+  const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
   variant->to_half(in, out, count);
   return true;

@@ -3,10 +3,8 @@
 // variant computes 16 or 8 Philox blocks side by side, one block per 32-bit lane.
 #include "philox_cpu.h"
 
-#include <cstdlib>
-#include <cstring>
-
 #include "../philox.h"
+#include "isa_variants.h"
 #include "vectorize.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -179,12 +177,8 @@ struct FillVariant {
   const char* isa;
 };
 
-void fill_scalar_all(uint64_t seed, uint64_t column, const ConsecutiveBlocks& blocks, int64_t num_blocks,
-                     uint16_t* out) {
-  fill_scalar(seed, column, blocks, 0, num_blocks, out);
-}
-
-void fill_scalar_all(uint64_t seed, uint64_t column, const ListedBlocks& blocks, int64_t num_blocks, uint16_t* out) {
+template <typename Blocks>
+void fill_scalar_all(uint64_t seed, uint64_t column, const Blocks& blocks, int64_t num_blocks, uint16_t* out) {
   fill_scalar(seed, column, blocks, 0, num_blocks, out);
 }
 
@@ -199,35 +193,19 @@ int supported_variants(FillVariant* variants) {
   if (__builtin_cpu_supports("avx2"))
     variants[count++] = {fill_avx2<ConsecutiveBlocks>, fill_avx2<ListedBlocks>, "avx2"};
 #endif
-  variants[count++] = {fill_scalar_all, fill_scalar_all, "scalar"};
+  variants[count++] = {fill_scalar_all<ConsecutiveBlocks>, fill_scalar_all<ListedBlocks>, "scalar"};
   return count;
 }
 
-// FASTDROP_CPU_ISA=avx2|scalar caps the choice (for comparing variants); it never
-// selects a variant the CPU lacks.
-FillVariant chosen_variant() {
-  FillVariant variants[3];
-  const int count = supported_variants(variants);
-  if (const char* requested = std::getenv("FASTDROP_CPU_ISA")) {
-    for (int i = 0; i < count; ++i) {
-      if (std::strcmp(variants[i].isa, requested) == 0) return variants[i];
-    }
-  }
-  return variants[0];
+const IsaVariants<FillVariant, 3>& fill_variants() {
+  static const auto variants = IsaVariants<FillVariant, 3>::of(supported_variants);
+  return variants;
 }
 
+// FASTDROP_CPU_ISA=avx2|scalar caps the choice.
 const FillVariant& fill_variant() {
-  static const FillVariant variant = chosen_variant();
+  static const FillVariant& variant = fill_variants().chosen();
   return variant;
-}
-
-const FillVariant* find_variant(const char* isa) {
-  static FillVariant variants[3];
-  static const int count = supported_variants(variants);
-  for (int i = 0; i < count; ++i) {
-    if (std::strcmp(variants[i].isa, isa) == 0) return &variants[i];
-  }
-  return nullptr;
 }
 
 }  // namespace
@@ -246,7 +224,7 @@ const char* fill_element_bits_isa() { return fill_variant().isa; }
 
 bool fill_element_bits_using(const char* isa, uint64_t seed, uint64_t counter_column, uint64_t first_block,
                              int64_t num_blocks, uint16_t* out) {
-  const FillVariant* variant = find_variant(isa);
+  const FillVariant* variant = fill_variants().find(isa);
   if (variant == nullptr) return false;
   variant->consecutive(seed, counter_column, ConsecutiveBlocks{first_block}, num_blocks, out);
   return true;
@@ -254,7 +232,7 @@ bool fill_element_bits_using(const char* isa, uint64_t seed, uint64_t counter_co
 
 bool fill_element_bits_of_using(const char* isa, uint64_t seed, uint64_t counter_column, const uint64_t* blocks,
                                 int64_t num_blocks, uint16_t* out) {
-  const FillVariant* variant = find_variant(isa);
+  const FillVariant* variant = fill_variants().find(isa);
   if (variant == nullptr) return false;
   variant->listed(seed, counter_column, ListedBlocks{blocks}, num_blocks, out);
   return true;
