@@ -36,5 +36,8 @@ def run(rank, world_size, init_file, seed_sets, results):
             handle.remove()
             out[name] = {"mask": masks[0], "grads": [p.grad.clone() for p in model.parameters()]}
         torch.save(out, f"{results}.rank{rank}")
+        # Both ranks done before either tears its pairs down: once in a full run on the 2-core
+        # machine, rank 0 aborted in teardown ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()

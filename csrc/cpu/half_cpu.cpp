@@ -25,6 +25,18 @@ void to_half_scalar(const float* in, c10::Half* out, int64_t count) {
   for (int64_t i = 0; i < count; ++i) out[i] = static_cast<c10::Half>(in[i]);
 }
 
+template <AfterScale kThen>
+void scale_scalar(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, float mul, float add) {
+  for (int64_t i = 0; i < count; ++i) {
+    c10::Half result = static_cast<c10::Half>(static_cast<float>(in[i]) * mul);
+    if constexpr (kThen == AfterScale::kAddConstant) result = static_cast<c10::Half>(static_cast<float>(result) + add);
+    if constexpr (kThen == AfterScale::kAddResidual) {
+      result = static_cast<c10::Half>(static_cast<float>(result) + static_cast<float>(residual[i]));
+    }
+    out[i] = result;
+  }
+}
+
 #if FASTDROP_X86_SIMD
 
 // Tails go through a padded copy or a masked access: the same instructions convert every element,
@@ -87,11 +99,70 @@ __attribute__((target("avx512f"))) void to_half_avx512(const float* in, c10::Hal
   }
 }
 
+// One run scaled (then shifted, or added to a residual) in a single pass: the loads, conversions and
+// stores of each step through a float buffer cost fp16 drop path 15% over bf16's at 2^22 elements.
+// The tail goes through padded copies, so every element takes the same instructions.
+template <AfterScale kThen>
+__attribute__((target("avx2,f16c"))) void scale_f16c(const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                                                     int64_t count, float mul, float add) {
+  const __m256 m = _mm256_set1_ps(mul), constant = _mm256_set1_ps(add);
+  auto block = [&](const c10::Half* in8, const c10::Half* residual8,
+                   c10::Half* out8) __attribute__((target("avx2,f16c"))) {
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in8)));
+    __m128i result = _mm256_cvtps_ph(_mm256_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
+    if constexpr (kThen != AfterScale::kNothing) {
+      const __m256 addend = kThen == AfterScale::kAddConstant
+                                ? constant
+                                : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(residual8)));
+      result = _mm256_cvtps_ph(_mm256_add_ps(_mm256_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out8), result);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) block(in + i, kThen == AfterScale::kAddResidual ? residual + i : nullptr, out + i);
+  if (i < count) {
+    c10::Half x[8] = {}, r[8] = {}, y[8];
+    std::memcpy(x, in + i, (count - i) * sizeof(c10::Half));
+    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, (count - i) * sizeof(c10::Half));
+    block(x, r, y);
+    std::memcpy(out + i, y, (count - i) * sizeof(c10::Half));
+  }
+}
+
+template <AfterScale kThen>
+__attribute__((target("avx512f"))) void scale_avx512(const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                                                     int64_t count, float mul, float add) {
+  const __m512 m = _mm512_set1_ps(mul), constant = _mm512_set1_ps(add);
+  auto block = [&](const c10::Half* in16, const c10::Half* residual16,
+                   c10::Half* out16) __attribute__((target("avx512f"))) {
+    const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in16)));
+    __m256i result = _mm512_cvtps_ph(_mm512_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
+    if constexpr (kThen != AfterScale::kNothing) {
+      const __m512 addend = kThen == AfterScale::kAddConstant
+                                ? constant
+                                : _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(residual16)));
+      result = _mm512_cvtps_ph(_mm512_add_ps(_mm512_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16), result);
+  };
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) block(in + i, kThen == AfterScale::kAddResidual ? residual + i : nullptr, out + i);
+  if (i < count) {
+    c10::Half x[16] = {}, r[16] = {}, y[16];
+    std::memcpy(x, in + i, (count - i) * sizeof(c10::Half));
+    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, (count - i) * sizeof(c10::Half));
+    block(x, r, y);
+    std::memcpy(out + i, y, (count - i) * sizeof(c10::Half));
+  }
+}
+
 #endif  // FASTDROP_X86_SIMD
 
 struct Conversions {
   void (*to_float)(const c10::Half*, float*, int64_t);
   void (*to_half)(const float*, c10::Half*, int64_t);
+  // Indexed by AfterScale.
+  void (*scale[3])(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, float mul, float add);
   const char* isa;
 };
 
@@ -100,12 +171,25 @@ int supported(Conversions* variants) {
   int count = 0;
 #if FASTDROP_X86_SIMD
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) variants[count++] = {to_float_avx512, to_half_avx512, "avx512"};
+  if (__builtin_cpu_supports("avx512f"))
+    variants[count++] = {to_float_avx512,
+                         to_half_avx512,
+                         {scale_avx512<AfterScale::kNothing>, scale_avx512<AfterScale::kAddConstant>,
+                          scale_avx512<AfterScale::kAddResidual>},
+                         "avx512"};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
-    variants[count++] = {to_float_f16c, to_half_f16c, "f16c"};
+    variants[count++] = {
+        to_float_f16c,
+        to_half_f16c,
+        {scale_f16c<AfterScale::kNothing>, scale_f16c<AfterScale::kAddConstant>, scale_f16c<AfterScale::kAddResidual>},
+        "f16c"};
   }
 #endif
-  variants[count++] = {to_float_scalar, to_half_scalar, "scalar"};
+  variants[count++] = {to_float_scalar,
+                       to_half_scalar,
+                       {scale_scalar<AfterScale::kNothing>, scale_scalar<AfterScale::kAddConstant>,
+                        scale_scalar<AfterScale::kAddResidual>},
+                       "scalar"};
   return count;
 }
 
@@ -127,6 +211,11 @@ void half_to_float(const c10::Half* in, float* out, int64_t count) { chosen().to
 
 void float_to_half(const float* in, c10::Half* out, int64_t count) { chosen().to_half(in, out, count); }
 
+void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
+                float mul, float add) {
+  chosen().scale[static_cast<int>(then)](in, residual, out, count, mul, add);
+}
+
 const char* half_conversion_isa() { return chosen().isa; }
 
 bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count) {
@@ -140,6 +229,14 @@ bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64
   const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
   variant->to_half(in, out, count);
+  return true;
+}
+
+bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                      int64_t count, float mul, float add) {
+  const Conversions* variant = conversions().find(isa);
+  if (variant == nullptr) return false;
+  variant->scale[static_cast<int>(then)](in, residual, out, count, mul, add);
   return true;
 }
 

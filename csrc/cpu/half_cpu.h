@@ -2,7 +2,8 @@
 // (AVX-512F, F16C), chosen at run time; c10's software conversion elsewhere.
 // GCC does not vectorize c10::Half's conversions (nor _Float16's without
 // AVX512-FP16), so the fp16 loops convert a chunk at a time through a float
-// buffer and run the float loop in between. bf16 goes the same way: its
+// buffer and run the float loop in between; a run of one decision (channel dropout's map,
+// drop path's sample) goes in one pass instead (scale_half). bf16's per-element decisions go the same way: its
 // conversions vectorize, but a loop that converts, scales, rounds and adds in
 // one body does not vectorize well (2x slower than through the buffer).
 #pragma once
@@ -21,13 +22,22 @@ void half_to_float(const c10::Half* in, float* out, int64_t count);
 // instructions keep its payload's top bits, as torch's vectorized fp16 ops do; c10's scalar code does not).
 void float_to_half(const float* in, c10::Half* out, int64_t count);
 
-// Which variant the two use on this machine ("avx512", "f16c" or "scalar"); FASTDROP_CPU_ISA=avx2|scalar
+// A run of one decision in one pass: out = half(float(in) * mul), then, by `then`, nothing more, or
+// that product plus add, or plus the residual's element, rounded to fp16 again: apply_dropout's roundings,
+// and add_to_residual's. residual is read only for kAddResidual; out may be in or residual.
+enum class AfterScale { kNothing, kAddConstant, kAddResidual };
+void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
+                float mul, float add);
+
+// Which variant these use on this machine ("avx512", "f16c" or "scalar"); FASTDROP_CPU_ISA=avx2|scalar
 // caps it as it caps the random-bit generator ("avx2" selects "f16c").
 const char* half_conversion_isa();
 
 // The conversions through one named variant; false if this CPU cannot run it.
 bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count);
 bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count);
+bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                      int64_t count, float mul, float add);
 
 // bf16 -> fp32 exactly; fp32 -> bf16 rounded to nearest even, a NaN to 0x7FC0, bit for bit as c10
 // converts (AVX512-BF16's instruction flushes subnormals, so plain integer arithmetic, vectorized).

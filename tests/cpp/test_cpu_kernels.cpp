@@ -152,6 +152,61 @@ int check_half_conversions() {
   return checks;
 }
 
+// A run of one decision's fused pass (scale_half): every fp16 value through each variant, with multipliers
+// that overflow, land in the subnormals or are zero, then nothing, a constant or a residual (every fp16
+// value again, shifted) added, against c10's conversions around the float arithmetic: apply_dropout's and
+// add_to_residual's roundings. Out of place, in place over the input and over the residual; odd lengths
+// for the tails.
+int check_half_scaling() {
+  using fastdrop::cpu::AfterScale;
+  int checks = 0;
+  const int64_t size = 1 << 16;
+  std::vector<c10::Half> halves(size), residual(size), out(size);
+  for (int64_t i = 0; i < size; ++i) {
+    halves[i] = c10::Half(static_cast<uint16_t>(i), c10::Half::from_bits());
+    residual[i] = c10::Half(static_cast<uint16_t>((i * 40503) & 0xFFFF), c10::Half::from_bits());
+  }
+  for (const char* isa : {"scalar", "f16c", "avx512"}) {
+    for (AfterScale then : {AfterScale::kNothing, AfterScale::kAddConstant, AfterScale::kAddResidual}) {
+      for (float mul : {1.0f / 0.9f, 0.0f, -1.7f, 300.0f, 1e-4f}) {
+        for (float add : {0.0f, 0.3f, -1.7580993f}) {
+          for (int aliasing = 0; aliasing < 3; ++aliasing) {  // none, out = in, out = residual
+            const int64_t count = size - 3 - aliasing;
+            std::vector<c10::Half> in_copy = halves, residual_copy = residual;
+            std::fill(out.begin(), out.end(), c10::Half(-7.0f));
+            c10::Half* target = aliasing == 1 ? in_copy.data() : aliasing == 2 ? residual_copy.data() : out.data();
+            const c10::Half untouched = target[count];
+            if (!fastdrop::cpu::scale_half_using(isa, then, in_copy.data(), residual_copy.data(), target, count, mul,
+                                                 add)) {
+              continue;
+            }
+            for (int64_t i = 0; i < count; ++i) {
+              c10::Half expected = static_cast<c10::Half>(static_cast<float>(halves[i]) * mul);
+              if (then == AfterScale::kAddConstant)
+                expected = static_cast<c10::Half>(static_cast<float>(expected) + add);
+              if (then == AfterScale::kAddResidual) {
+                expected = static_cast<c10::Half>(static_cast<float>(expected) + static_cast<float>(residual[i]));
+              }
+              // Two NaNs summed: which one's sign survives is the compiler's choice of operand order.
+              const bool any_nan = then == AfterScale::kAddResidual && std::isnan(static_cast<float>(halves[i])) &&
+                                   std::isnan(static_cast<float>(residual[i]));
+              const bool same = std::isnan(static_cast<float>(expected))
+                                    ? std::isnan(static_cast<float>(target[i])) &&
+                                          (any_nan || (target[i].x >> 15) == (expected.x >> 15))
+                                    : half_bits(target[i]) == half_bits(expected);
+              EXPECT(same, "%s: fp16 0x%04x * %g, then %d, gave 0x%04x, c10 gives 0x%04x", isa, halves[i].x, mul,
+                     static_cast<int>(then), target[i].x, expected.x);
+              ++checks;
+            }
+            EXPECT(half_bits(target[count]) == half_bits(untouched), "%s: wrote past the end", isa);
+          }
+        }
+      }
+    }
+  }
+  return checks;
+}
+
 using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, double, std::optional<at::Generator>);
 using Backward = at::Tensor (*)(const at::Tensor&, const at::Tensor&, double);
 
@@ -241,6 +296,7 @@ int main() {
   int checks = check_bulk_generator();
   checks += check_listed_generator();
   checks += check_half_conversions();
+  checks += check_half_scaling();
   checks += check_dtype<float>(at::kFloat);
   checks += check_dtype<double>(at::kDouble);
   checks += check_dtype<at::Half>(at::kHalf);
