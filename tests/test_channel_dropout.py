@@ -342,11 +342,13 @@ def test_compile_fullgraph_through_the_warning_paths():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", VARIANT_NAMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_every_16_bit_value_rounds_as_torch(device, name, layout, dtype):
-    # Runs of 256, 16 and 1 elements, with one decision (per channel) or many: the chunk loops
-    # through float buffers (a channels_last input's pixels: 16 channels, whole pixels a chunk at a
-    # time), and the element loops.
-    x = ref.every_half_value((16, 16, 16, 16), device, dtype=dtype)
+@pytest.mark.parametrize("shape", [(16, 16, 16, 16), (16, 64, 8, 8)])
+def test_every_16_bit_value_rounds_as_torch(device, name, layout, dtype, shape):
+    # Runs of 256, 64, 16 and 1 elements, with one decision (per channel) or many: the chunk loops
+    # through float buffers (a channels_last input's pixels of 16 channels, whole pixels a chunk at a
+    # time), fp16's one-pass loops (runs of 32 elements and more: a map, a pixel of 64 channels), and
+    # the element loops.
+    x = ref.every_half_value(shape, device, dtype=dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()

@@ -25,17 +25,40 @@ void to_half_scalar(const float* in, c10::Half* out, int64_t count) {
   for (int64_t i = 0; i < count; ++i) out[i] = static_cast<c10::Half>(in[i]);
 }
 
-template <AfterScale kThen>
-void scale_scalar(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, float mul, float add) {
-  for (int64_t i = 0; i < count; ++i) {
-    c10::Half result = static_cast<c10::Half>(static_cast<float>(in[i]) * mul);
-    if constexpr (kThen == AfterScale::kAddConstant) result = static_cast<c10::Half>(static_cast<float>(result) + add);
-    if constexpr (kThen == AfterScale::kAddResidual) {
-      result = static_cast<c10::Half>(static_cast<float>(result) + static_cast<float>(residual[i]));
+// Where a fused pass takes its multiplier and addend: one for the whole run, or one per element.
+enum class Factors { kOne, kPerElement };
+
+using ScalePass = void (*)(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
+                           const float* mul, const float* add);
+using ScalePasses = ScalePass[2][3];  // indexed by Factors, then AfterScale
+
+// One ISA's fused passes, from its class template Pass<AfterScale, Factors>::run.
+template <template <AfterScale, Factors> class Pass>
+struct PassesOf {
+  static constexpr ScalePasses table = {
+      {Pass<AfterScale::kNothing, Factors::kOne>::run, Pass<AfterScale::kAddConstant, Factors::kOne>::run,
+       Pass<AfterScale::kAddResidual, Factors::kOne>::run},
+      {Pass<AfterScale::kNothing, Factors::kPerElement>::run, Pass<AfterScale::kAddConstant, Factors::kPerElement>::run,
+       Pass<AfterScale::kAddResidual, Factors::kPerElement>::run}};
+};
+
+template <AfterScale kThen, Factors kFactors>
+struct ScaleScalar {
+  static void run(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, const float* mul,
+                  const float* add) {
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t f = kFactors == Factors::kOne ? 0 : i;
+      c10::Half result = static_cast<c10::Half>(static_cast<float>(in[i]) * mul[f]);
+      if constexpr (kThen == AfterScale::kAddConstant) {
+        result = static_cast<c10::Half>(static_cast<float>(result) + add[f]);
+      }
+      if constexpr (kThen == AfterScale::kAddResidual) {
+        result = static_cast<c10::Half>(static_cast<float>(result) + static_cast<float>(residual[i]));
+      }
+      out[i] = result;
     }
-    out[i] = result;
   }
-}
+};
 
 #if FASTDROP_X86_SIMD
 
@@ -99,70 +122,82 @@ __attribute__((target("avx512f"))) void to_half_avx512(const float* in, c10::Hal
   }
 }
 
-// One run scaled (then shifted, or added to a residual) in a single pass: the loads, conversions and
+// A run scaled (then shifted, or added to a residual) in a single pass: the loads, conversions and
 // stores of each step through a float buffer cost fp16 drop path 15% over bf16's at 2^22 elements.
-// The tail goes through padded copies, so every element takes the same instructions.
-template <AfterScale kThen>
-__attribute__((target("avx2,f16c"))) void scale_f16c(const c10::Half* in, const c10::Half* residual, c10::Half* out,
-                                                     int64_t count, float mul, float add) {
-  const __m256 m = _mm256_set1_ps(mul), constant = _mm256_set1_ps(add);
-  auto block = [&](const c10::Half* in8, const c10::Half* residual8,
-                   c10::Half* out8) __attribute__((target("avx2,f16c"))) {
-    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in8)));
-    __m128i result = _mm256_cvtps_ph(_mm256_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
-    if constexpr (kThen != AfterScale::kNothing) {
-      const __m256 addend = kThen == AfterScale::kAddConstant
-                                ? constant
-                                : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(residual8)));
-      result = _mm256_cvtps_ph(_mm256_add_ps(_mm256_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out8), result);
-  };
+// scale_in_blocks is every ISA's loop and tail; block(in, residual, mul, add, out) does kWidth elements,
+// and the tail goes through padded copies, so every element takes the same instructions.
+template <int kWidth, AfterScale kThen, Factors kFactors, typename Block>
+FASTDROP_ALWAYS_INLINE void scale_in_blocks(const Block& block, const c10::Half* in, const c10::Half* residual,
+                                            c10::Half* out, int64_t count, const float* mul, const float* add) {
+  const int64_t step = kFactors == Factors::kOne ? 0 : 1;  // how far the factors move per element
   int64_t i = 0;
-  for (; i + 8 <= count; i += 8) block(in + i, kThen == AfterScale::kAddResidual ? residual + i : nullptr, out + i);
+  for (; i + kWidth <= count; i += kWidth) {
+    block(in + i, kThen == AfterScale::kAddResidual ? residual + i : nullptr, mul + i * step,
+          kThen == AfterScale::kAddConstant ? add + i * step : nullptr, out + i);
+  }
   if (i < count) {
-    c10::Half x[8] = {}, r[8] = {}, y[8];
-    std::memcpy(x, in + i, (count - i) * sizeof(c10::Half));
-    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, (count - i) * sizeof(c10::Half));
-    block(x, r, y);
-    std::memcpy(out + i, y, (count - i) * sizeof(c10::Half));
+    const int64_t n = count - i, factors = step == 0 ? 1 : n;
+    c10::Half x[kWidth] = {}, r[kWidth] = {}, y[kWidth];
+    float m[kWidth] = {}, a[kWidth] = {};
+    std::memcpy(x, in + i, n * sizeof(c10::Half));
+    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, n * sizeof(c10::Half));
+    std::memcpy(m, mul + i * step, factors * sizeof(float));
+    if (kThen == AfterScale::kAddConstant) std::memcpy(a, add + i * step, factors * sizeof(float));
+    block(x, r, m, a, y);
+    std::memcpy(out + i, y, n * sizeof(c10::Half));
   }
 }
 
-template <AfterScale kThen>
-__attribute__((target("avx512f"))) void scale_avx512(const c10::Half* in, const c10::Half* residual, c10::Half* out,
-                                                     int64_t count, float mul, float add) {
-  const __m512 m = _mm512_set1_ps(mul), constant = _mm512_set1_ps(add);
-  auto block = [&](const c10::Half* in16, const c10::Half* residual16,
-                   c10::Half* out16) __attribute__((target("avx512f"))) {
-    const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in16)));
-    __m256i result = _mm512_cvtps_ph(_mm512_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
-    if constexpr (kThen != AfterScale::kNothing) {
-      const __m512 addend = kThen == AfterScale::kAddConstant
-                                ? constant
-                                : _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(residual16)));
-      result = _mm512_cvtps_ph(_mm512_add_ps(_mm512_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16), result);
-  };
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) block(in + i, kThen == AfterScale::kAddResidual ? residual + i : nullptr, out + i);
-  if (i < count) {
-    c10::Half x[16] = {}, r[16] = {}, y[16];
-    std::memcpy(x, in + i, (count - i) * sizeof(c10::Half));
-    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, (count - i) * sizeof(c10::Half));
-    block(x, r, y);
-    std::memcpy(out + i, y, (count - i) * sizeof(c10::Half));
+template <AfterScale kThen, Factors kFactors>
+struct ScaleF16c {
+  __attribute__((target("avx2,f16c"))) static void run(const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                                                       int64_t count, const float* mul, const float* add) {
+    auto block = [&](const c10::Half* in8, const c10::Half* residual8, const float* mul8, const float* add8,
+                     c10::Half* out8) __attribute__((target("avx2,f16c"))) {
+      const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in8)));
+      const __m256 m = kFactors == Factors::kOne ? _mm256_set1_ps(*mul8) : _mm256_loadu_ps(mul8);
+      __m128i result = _mm256_cvtps_ph(_mm256_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
+      if constexpr (kThen != AfterScale::kNothing) {
+        const __m256 addend = kThen == AfterScale::kAddResidual
+                                  ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(residual8)))
+                              : kFactors == Factors::kOne ? _mm256_set1_ps(*add8)
+                                                          : _mm256_loadu_ps(add8);
+        result = _mm256_cvtps_ph(_mm256_add_ps(_mm256_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out8), result);
+    };
+    scale_in_blocks<8, kThen, kFactors>(block, in, residual, out, count, mul, add);
   }
-}
+};
+
+template <AfterScale kThen, Factors kFactors>
+struct ScaleAvx512 {
+  __attribute__((target("avx512f"))) static void run(const c10::Half* in, const c10::Half* residual, c10::Half* out,
+                                                     int64_t count, const float* mul, const float* add) {
+    auto block = [&](const c10::Half* in16, const c10::Half* residual16, const float* mul16, const float* add16,
+                     c10::Half* out16) __attribute__((target("avx512f"))) {
+      const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in16)));
+      const __m512 m = kFactors == Factors::kOne ? _mm512_set1_ps(*mul16) : _mm512_loadu_ps(mul16);
+      __m256i result = _mm512_cvtps_ph(_mm512_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
+      if constexpr (kThen != AfterScale::kNothing) {
+        const __m512 addend = kThen == AfterScale::kAddResidual
+                                  ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(residual16)))
+                              : kFactors == Factors::kOne ? _mm512_set1_ps(*add16)
+                                                          : _mm512_loadu_ps(add16);
+        result = _mm512_cvtps_ph(_mm512_add_ps(_mm512_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16), result);
+    };
+    scale_in_blocks<16, kThen, kFactors>(block, in, residual, out, count, mul, add);
+  }
+};
 
 #endif  // FASTDROP_X86_SIMD
 
 struct Conversions {
   void (*to_float)(const c10::Half*, float*, int64_t);
   void (*to_half)(const float*, c10::Half*, int64_t);
-  // Indexed by AfterScale.
-  void (*scale[3])(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, float mul, float add);
+  const ScalePass (*scale)[3];  // ScalePasses
   const char* isa;
 };
 
@@ -171,25 +206,14 @@ int supported(Conversions* variants) {
   int count = 0;
 #if FASTDROP_X86_SIMD
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f"))
-    variants[count++] = {to_float_avx512,
-                         to_half_avx512,
-                         {scale_avx512<AfterScale::kNothing>, scale_avx512<AfterScale::kAddConstant>,
-                          scale_avx512<AfterScale::kAddResidual>},
-                         "avx512"};
+  if (__builtin_cpu_supports("avx512f")) {
+    variants[count++] = {to_float_avx512, to_half_avx512, PassesOf<ScaleAvx512>::table, "avx512"};
+  }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
-    variants[count++] = {
-        to_float_f16c,
-        to_half_f16c,
-        {scale_f16c<AfterScale::kNothing>, scale_f16c<AfterScale::kAddConstant>, scale_f16c<AfterScale::kAddResidual>},
-        "f16c"};
+    variants[count++] = {to_float_f16c, to_half_f16c, PassesOf<ScaleF16c>::table, "f16c"};
   }
 #endif
-  variants[count++] = {to_float_scalar,
-                       to_half_scalar,
-                       {scale_scalar<AfterScale::kNothing>, scale_scalar<AfterScale::kAddConstant>,
-                        scale_scalar<AfterScale::kAddResidual>},
-                       "scalar"};
+  variants[count++] = {to_float_scalar, to_half_scalar, PassesOf<ScaleScalar>::table, "scalar"};
   return count;
 }
 
@@ -213,7 +237,12 @@ void float_to_half(const float* in, c10::Half* out, int64_t count) { chosen().to
 
 void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
                 float mul, float add) {
-  chosen().scale[static_cast<int>(then)](in, residual, out, count, mul, add);
+  chosen().scale[0][static_cast<int>(then)](in, residual, out, count, &mul, &add);
+}
+
+void scale_half_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
+                   const float* add) {
+  chosen().scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
 }
 
 const char* half_conversion_isa() { return chosen().isa; }
@@ -236,7 +265,15 @@ bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, con
                       int64_t count, float mul, float add) {
   const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
-  variant->scale[static_cast<int>(then)](in, residual, out, count, mul, add);
+  variant->scale[0][static_cast<int>(then)](in, residual, out, count, &mul, &add);
+  return true;
+}
+
+bool scale_half_by_using(const char* isa, AfterScale then, const c10::Half* in, c10::Half* out, int64_t count,
+                         const float* mul, const float* add) {
+  const Conversions* variant = conversions().find(isa);
+  if (variant == nullptr) return false;
+  variant->scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
   return true;
 }
 

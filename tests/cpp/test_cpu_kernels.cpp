@@ -207,6 +207,50 @@ int check_half_scaling() {
   return checks;
 }
 
+// The per-element form (scale_half_by): every fp16 value with a multiplier and an addend of its own,
+// cycling through the same awkward values, in place and out of place, odd lengths for the tails.
+int check_half_scaling_by_element() {
+  using fastdrop::cpu::AfterScale;
+  int checks = 0;
+  const int64_t size = 1 << 16;
+  const float muls[] = {1.0f / 0.9f, 0.0f, -1.7f, 300.0f, 1e-4f, 1.0f / 0.7f, 0.5f};
+  const float adds[] = {0.0f, 0.3f, -1.7580993f};
+  std::vector<c10::Half> halves(size), out(size);
+  std::vector<float> mul(size), add(size);
+  for (int64_t i = 0; i < size; ++i) {
+    halves[i] = c10::Half(static_cast<uint16_t>(i), c10::Half::from_bits());
+    mul[i] = muls[i % 7];
+    add[i] = adds[i % 3];
+  }
+  for (const char* isa : {"scalar", "f16c", "avx512"}) {
+    for (AfterScale then : {AfterScale::kNothing, AfterScale::kAddConstant}) {
+      for (const bool in_place : {false, true}) {
+        const int64_t count = size - (in_place ? 5 : 3);
+        std::vector<c10::Half> in_copy = halves;
+        std::fill(out.begin(), out.end(), c10::Half(-7.0f));
+        c10::Half* target = in_place ? in_copy.data() : out.data();
+        const c10::Half untouched = target[count];
+        if (!fastdrop::cpu::scale_half_by_using(isa, then, in_copy.data(), target, count, mul.data(), add.data())) {
+          continue;
+        }
+        for (int64_t i = 0; i < count; ++i) {
+          c10::Half expected = static_cast<c10::Half>(static_cast<float>(halves[i]) * mul[i]);
+          if (then == AfterScale::kAddConstant)
+            expected = static_cast<c10::Half>(static_cast<float>(expected) + add[i]);
+          const bool same = std::isnan(static_cast<float>(expected))
+                                ? std::isnan(static_cast<float>(target[i])) && (target[i].x >> 15) == (expected.x >> 15)
+                                : half_bits(target[i]) == half_bits(expected);
+          EXPECT(same, "%s: fp16 0x%04x * %g (+ %g if %d) gave 0x%04x, c10 gives 0x%04x", isa, halves[i].x, mul[i],
+                 add[i], static_cast<int>(then), target[i].x, expected.x);
+          ++checks;
+        }
+        EXPECT(half_bits(target[count]) == half_bits(untouched), "%s: wrote past the end", isa);
+      }
+    }
+  }
+  return checks;
+}
+
 using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, double, std::optional<at::Generator>);
 using Backward = at::Tensor (*)(const at::Tensor&, const at::Tensor&, double);
 
@@ -297,6 +341,7 @@ int main() {
   checks += check_listed_generator();
   checks += check_half_conversions();
   checks += check_half_scaling();
+  checks += check_half_scaling_by_element();
   checks += check_dtype<float>(at::kFloat);
   checks += check_dtype<double>(at::kDouble);
   checks += check_dtype<at::Half>(at::kHalf);
