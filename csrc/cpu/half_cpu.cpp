@@ -28,36 +28,39 @@ void to_half_scalar(const float* in, c10::Half* out, int64_t count) {
 // Where a fused pass takes its multiplier and addend: one for the whole run, or one per element.
 enum class Factors { kOne, kPerElement };
 
-using ScalePass = void (*)(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
-                           const float* mul, const float* add);
-using ScalePasses = ScalePass[2][3];  // indexed by Factors, then AfterScale
+template <typename half_t>
+using ScalePass = void (*)(const half_t* in, const half_t* residual, half_t* out, int64_t count, const float* mul,
+                           const float* add);
 
-// One ISA's fused passes, from its class template Pass<AfterScale, Factors>::run.
-template <template <AfterScale, Factors> class Pass>
+// One ISA's fused passes for one 16-bit type, from its class template Pass<AfterScale, Factors>::run,
+// indexed by Factors, then AfterScale.
+template <typename half_t, template <AfterScale, Factors> class Pass>
 struct PassesOf {
-  static constexpr ScalePasses table = {
+  static constexpr ScalePass<half_t> table[2][3] = {
       {Pass<AfterScale::kNothing, Factors::kOne>::run, Pass<AfterScale::kAddConstant, Factors::kOne>::run,
        Pass<AfterScale::kAddResidual, Factors::kOne>::run},
       {Pass<AfterScale::kNothing, Factors::kPerElement>::run, Pass<AfterScale::kAddConstant, Factors::kPerElement>::run,
        Pass<AfterScale::kAddResidual, Factors::kPerElement>::run}};
 };
 
-template <AfterScale kThen, Factors kFactors>
+template <typename half_t>
 struct ScaleScalar {
-  static void run(const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count, const float* mul,
-                  const float* add) {
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t f = kFactors == Factors::kOne ? 0 : i;
-      c10::Half result = static_cast<c10::Half>(static_cast<float>(in[i]) * mul[f]);
-      if constexpr (kThen == AfterScale::kAddConstant) {
-        result = static_cast<c10::Half>(static_cast<float>(result) + add[f]);
+  template <AfterScale kThen, Factors kFactors>
+  struct Pass {
+    static void run(const half_t* in, const half_t* residual, half_t* out, int64_t count, const float* mul,
+                    const float* add) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t f = kFactors == Factors::kOne ? 0 : i;
+        half_t result = static_cast<half_t>(static_cast<float>(in[i]) * mul[f]);
+        if constexpr (kThen == AfterScale::kAddConstant)
+          result = static_cast<half_t>(static_cast<float>(result) + add[f]);
+        if constexpr (kThen == AfterScale::kAddResidual) {
+          result = static_cast<half_t>(static_cast<float>(result) + static_cast<float>(residual[i]));
+        }
+        out[i] = result;
       }
-      if constexpr (kThen == AfterScale::kAddResidual) {
-        result = static_cast<c10::Half>(static_cast<float>(result) + static_cast<float>(residual[i]));
-      }
-      out[i] = result;
     }
-  }
+  };
 };
 
 #if FASTDROP_X86_SIMD
@@ -126,9 +129,9 @@ __attribute__((target("avx512f"))) void to_half_avx512(const float* in, c10::Hal
 // stores of each step through a float buffer cost fp16 drop path 15% over bf16's at 2^22 elements.
 // scale_in_blocks is every ISA's loop and tail; block(in, residual, mul, add, out) does kWidth elements,
 // and the tail goes through padded copies, so every element takes the same instructions.
-template <int kWidth, AfterScale kThen, Factors kFactors, typename Block>
-FASTDROP_ALWAYS_INLINE void scale_in_blocks(const Block& block, const c10::Half* in, const c10::Half* residual,
-                                            c10::Half* out, int64_t count, const float* mul, const float* add) {
+template <int kWidth, AfterScale kThen, Factors kFactors, typename half_t, typename Block>
+FASTDROP_ALWAYS_INLINE void scale_in_blocks(const Block& block, const half_t* in, const half_t* residual, half_t* out,
+                                            int64_t count, const float* mul, const float* add) {
   const int64_t step = kFactors == Factors::kOne ? 0 : 1;  // how far the factors move per element
   int64_t i = 0;
   for (; i + kWidth <= count; i += kWidth) {
@@ -137,14 +140,14 @@ FASTDROP_ALWAYS_INLINE void scale_in_blocks(const Block& block, const c10::Half*
   }
   if (i < count) {
     const int64_t n = count - i, factors = step == 0 ? 1 : n;
-    c10::Half x[kWidth] = {}, r[kWidth] = {}, y[kWidth];
+    half_t x[kWidth] = {}, r[kWidth] = {}, y[kWidth];
     float m[kWidth] = {}, a[kWidth] = {};
-    std::memcpy(x, in + i, n * sizeof(c10::Half));
-    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, n * sizeof(c10::Half));
+    std::memcpy(x, in + i, n * sizeof(half_t));
+    if (kThen == AfterScale::kAddResidual) std::memcpy(r, residual + i, n * sizeof(half_t));
     std::memcpy(m, mul + i * step, factors * sizeof(float));
     if (kThen == AfterScale::kAddConstant) std::memcpy(a, add + i * step, factors * sizeof(float));
     block(x, r, m, a, y);
-    std::memcpy(out + i, y, n * sizeof(c10::Half));
+    std::memcpy(out + i, y, n * sizeof(half_t));
   }
 }
 
@@ -170,26 +173,54 @@ struct ScaleF16c {
   }
 };
 
-template <AfterScale kThen, Factors kFactors>
+// 16 fp16 or bf16 values to floats and back. bf16 rounds as c10 does, to nearest even and a NaN to 0x7FC0,
+// in integer arithmetic: AVX512-BF16's conversion flushes subnormals.
+__attribute__((target("avx512f"))) inline __m512 widen16(__m256i halves, const c10::Half*) {
+  return _mm512_cvtph_ps(halves);
+}
+
+__attribute__((target("avx512f"))) inline __m512 widen16(__m256i halves, const c10::BFloat16*) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+}
+
+template <typename half_t>
+__attribute__((target("avx512f"))) inline __m512 load16(const half_t* in) {
+  return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)), in);
+}
+
+__attribute__((target("avx512f"))) inline __m256i narrow16(__m512 x, const c10::Half*) {
+  return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+}
+
+__attribute__((target("avx512f"))) inline __m256i narrow16(__m512 x, const c10::BFloat16*) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+template <typename half_t>
 struct ScaleAvx512 {
-  __attribute__((target("avx512f"))) static void run(const c10::Half* in, const c10::Half* residual, c10::Half* out,
-                                                     int64_t count, const float* mul, const float* add) {
-    auto block = [&](const c10::Half* in16, const c10::Half* residual16, const float* mul16, const float* add16,
-                     c10::Half* out16) __attribute__((target("avx512f"))) {
-      const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in16)));
-      const __m512 m = kFactors == Factors::kOne ? _mm512_set1_ps(*mul16) : _mm512_loadu_ps(mul16);
-      __m256i result = _mm512_cvtps_ph(_mm512_mul_ps(x, m), _MM_FROUND_TO_NEAREST_INT);
-      if constexpr (kThen != AfterScale::kNothing) {
-        const __m512 addend = kThen == AfterScale::kAddResidual
-                                  ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(residual16)))
-                              : kFactors == Factors::kOne ? _mm512_set1_ps(*add16)
-                                                          : _mm512_loadu_ps(add16);
-        result = _mm512_cvtps_ph(_mm512_add_ps(_mm512_cvtph_ps(result), addend), _MM_FROUND_TO_NEAREST_INT);
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16), result);
-    };
-    scale_in_blocks<16, kThen, kFactors>(block, in, residual, out, count, mul, add);
-  }
+  template <AfterScale kThen, Factors kFactors>
+  struct Pass {
+    __attribute__((target("avx512f"))) static void run(const half_t* in, const half_t* residual, half_t* out,
+                                                       int64_t count, const float* mul, const float* add) {
+      auto block = [&](const half_t* in16, const half_t* residual16, const float* mul16, const float* add16,
+                       half_t* out16) __attribute__((target("avx512f"))) {
+        const __m512 m = kFactors == Factors::kOne ? _mm512_set1_ps(*mul16) : _mm512_loadu_ps(mul16);
+        __m256i result = narrow16(_mm512_mul_ps(load16(in16), m), out16);
+        if constexpr (kThen != AfterScale::kNothing) {
+          const __m512 addend = kThen == AfterScale::kAddResidual ? load16(residual16)
+                                : kFactors == Factors::kOne       ? _mm512_set1_ps(*add16)
+                                                                  : _mm512_loadu_ps(add16);
+          result = narrow16(_mm512_add_ps(widen16(result, out16), addend), out16);
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16), result);
+      };
+      scale_in_blocks<16, kThen, kFactors>(block, in, residual, out, count, mul, add);
+    }
+  };
 };
 
 #endif  // FASTDROP_X86_SIMD
@@ -197,7 +228,9 @@ struct ScaleAvx512 {
 struct Conversions {
   void (*to_float)(const c10::Half*, float*, int64_t);
   void (*to_half)(const float*, c10::Half*, int64_t);
-  const ScalePass (*scale)[3];  // ScalePasses
+  const ScalePass<c10::Half> (*scale)[3];
+  // bf16's fused passes where they beat GCC's vectorization of the element loops (AVX-512); else null.
+  const ScalePass<c10::BFloat16> (*scale_bfloat16)[3];
   const char* isa;
 };
 
@@ -207,13 +240,15 @@ int supported(Conversions* variants) {
 #if FASTDROP_X86_SIMD
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) {
-    variants[count++] = {to_float_avx512, to_half_avx512, PassesOf<ScaleAvx512>::table, "avx512"};
+    variants[count++] = {to_float_avx512, to_half_avx512, PassesOf<c10::Half, ScaleAvx512<c10::Half>::Pass>::table,
+                         PassesOf<c10::BFloat16, ScaleAvx512<c10::BFloat16>::Pass>::table, "avx512"};
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
-    variants[count++] = {to_float_f16c, to_half_f16c, PassesOf<ScaleF16c>::table, "f16c"};
+    variants[count++] = {to_float_f16c, to_half_f16c, PassesOf<c10::Half, ScaleF16c>::table, nullptr, "f16c"};
   }
 #endif
-  variants[count++] = {to_float_scalar, to_half_scalar, PassesOf<ScaleScalar>::table, "scalar"};
+  variants[count++] = {to_float_scalar, to_half_scalar, PassesOf<c10::Half, ScaleScalar<c10::Half>::Pass>::table,
+                       nullptr, "scalar"};
   return count;
 }
 
@@ -245,6 +280,15 @@ void scale_half_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t
   chosen().scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
 }
 
+bool scale_bfloat16_by(AfterScale then, const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul,
+                       const float* add) {
+  if (chosen().scale_bfloat16 == nullptr) return false;
+  chosen().scale_bfloat16[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
+  return true;
+}
+
+bool has_one_pass_bfloat16() { return chosen().scale_bfloat16 != nullptr; }
+
 const char* half_conversion_isa() { return chosen().isa; }
 
 bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64_t count) {
@@ -274,6 +318,15 @@ bool scale_half_by_using(const char* isa, AfterScale then, const c10::Half* in, 
   const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
   variant->scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
+  return true;
+}
+
+bool scale_bfloat16_using(const char* isa, bool per_element, AfterScale then, const c10::BFloat16* in,
+                          const c10::BFloat16* residual, c10::BFloat16* out, int64_t count, const float* mul,
+                          const float* add) {
+  const Conversions* variant = conversions().find(isa);
+  if (variant == nullptr || variant->scale_bfloat16 == nullptr) return false;
+  variant->scale_bfloat16[per_element ? 1 : 0][static_cast<int>(then)](in, residual, out, count, mul, add);
   return true;
 }
 

@@ -251,6 +251,57 @@ int check_half_scaling_by_element() {
   return checks;
 }
 
+// bf16's fused passes (scale_bfloat16, scale_bfloat16_by): every bf16 value, one factor or one per element,
+// then nothing, a constant or a residual, bit for bit against c10's conversions (a NaN always 0x7FC0);
+// in place and out of place, odd lengths for the tails. Where a CPU has no such pass, none runs.
+int check_bfloat16_scaling() {
+  using fastdrop::cpu::AfterScale;
+  int checks = 0;
+  const int64_t size = 1 << 16;
+  const float muls[] = {1.0f / 0.9f, 0.0f, -1.7f, 3e38f, 1e-30f, 1.0f / 0.7f, 0.5f};
+  const float adds[] = {0.0f, 0.3f, -1.7580993f};
+  std::vector<c10::BFloat16> values(size), residual(size), out(size);
+  std::vector<float> mul(size), add(size);
+  for (int64_t i = 0; i < size; ++i) {
+    values[i] = c10::BFloat16(static_cast<uint16_t>(i), c10::BFloat16::from_bits());
+    residual[i] = c10::BFloat16(static_cast<uint16_t>((i * 40503) & 0xFFFF), c10::BFloat16::from_bits());
+    mul[i] = muls[i % 7];
+    add[i] = adds[i % 3];
+  }
+  for (const char* isa : {"scalar", "f16c", "avx512"}) {
+    for (const bool per_element : {false, true}) {
+      for (AfterScale then : {AfterScale::kNothing, AfterScale::kAddConstant, AfterScale::kAddResidual}) {
+        for (int aliasing = 0; aliasing < 3; ++aliasing) {  // none, out = in, out = residual
+          const int64_t count = size - 3 - aliasing;
+          std::vector<c10::BFloat16> in_copy = values, residual_copy = residual;
+          std::fill(out.begin(), out.end(), c10::BFloat16(-7.0f));
+          c10::BFloat16* target = aliasing == 1 ? in_copy.data() : aliasing == 2 ? residual_copy.data() : out.data();
+          const c10::BFloat16 untouched = target[count];
+          if (!fastdrop::cpu::scale_bfloat16_using(isa, per_element, then, in_copy.data(), residual_copy.data(), target,
+                                                   count, mul.data() + 1, add.data() + 1)) {
+            continue;
+          }
+          for (int64_t i = 0; i < count; ++i) {
+            const int64_t f = per_element ? i + 1 : 1;
+            c10::BFloat16 expected = static_cast<c10::BFloat16>(static_cast<float>(values[i]) * mul[f]);
+            if (then == AfterScale::kAddConstant) {
+              expected = static_cast<c10::BFloat16>(static_cast<float>(expected) + add[f]);
+            }
+            if (then == AfterScale::kAddResidual) {
+              expected = static_cast<c10::BFloat16>(static_cast<float>(expected) + static_cast<float>(residual[i]));
+            }
+            EXPECT(target[i].x == expected.x, "%s: bf16 0x%04x * %g, then %d, gave 0x%04x, c10 gives 0x%04x", isa,
+                   values[i].x, mul[f], static_cast<int>(then), target[i].x, expected.x);
+            ++checks;
+          }
+          EXPECT(target[count].x == untouched.x, "%s: wrote past the end", isa);
+        }
+      }
+    }
+  }
+  return checks;
+}
+
 using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, double, std::optional<at::Generator>);
 using Backward = at::Tensor (*)(const at::Tensor&, const at::Tensor&, double);
 
@@ -342,6 +393,7 @@ int main() {
   checks += check_half_conversions();
   checks += check_half_scaling();
   checks += check_half_scaling_by_element();
+  checks += check_bfloat16_scaling();
   checks += check_dtype<float>(at::kFloat);
   checks += check_dtype<double>(at::kDouble);
   checks += check_dtype<at::Half>(at::kHalf);
