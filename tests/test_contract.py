@@ -118,6 +118,9 @@ def tie_cases():
     def channels_last(call):  # the CPU's tiled walk: each channel's run of bits, transposed into pixels
         return lambda x, p, g: call(x.view(16, 64, 32, -1).contiguous(memory_format=torch.channels_last), p, g)
 
+    def small_maps(call):  # groups of whole 8-channel 1x2 planes, transposed plane by plane
+        return lambda x, p, g: call(x.view(-1, 8, 1, 2).contiguous(memory_format=torch.channels_last), p, g)
+
     zeros = torch.zeros_like
     return [
         ("dropout", forward("dropout")),
@@ -129,6 +132,8 @@ def tie_cases():
         ("dropout__channels_last", channels_last(inplace("dropout"))),
         ("dropout_backward_channels_last", channels_last(backward("dropout"))),
         ("alpha_dropout_channels_last", channels_last(forward("alpha_dropout"))),
+        ("dropout_small_maps", small_maps(forward("dropout"))),
+        ("dropout_backward_small_maps", small_maps(backward("dropout"))),
         ("feature_dropout", feature(forward("feature_dropout"))),
         ("feature_dropout_", feature(inplace("feature_dropout"))),
         ("feature_dropout_backward", feature(backward("feature_dropout"))),
@@ -285,8 +290,12 @@ def memory_ordered(shape, order, dtype, generator):
         ((5, 3, 61, 67), (0, 2, 3, 1)),  # an RGB image: three columns, long runs
         ((300, 517), (1, 0)),  # a transposed matrix
         ((70, 6, 50), (1, 2, 0)),  # a dim between the contiguous one and the innermost
+        # Planes of a few elements, walked a group of whole planes at a time: 1x2 RGB maps (groups
+        # of 682), 2x2 maps of 64 channels (16 a group, the last of 5)
+        ((4096, 3, 1, 2), (0, 2, 3, 1)),
+        ((37, 64, 2, 2), (0, 2, 3, 1)),
     ],
-    ids=["channels_last", "wide_channels", "rgb", "transposed", "middle_dim"],
+    ids=["channels_last", "wide_channels", "rgb", "transposed", "middle_dim", "tiny_maps", "small_maps"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("op", ["dropout", "alpha_dropout"])
@@ -305,6 +314,22 @@ def test_memory_ordered_walk_gives_the_logical_walks_mask(shape, order, dtype, o
     assert y.stride() == x.stride()
     backward = getattr(ops, op + "_backward")
     assert_identical(backward(grad, rng_state, 0.3), backward(grad.contiguous(), rng_state, 0.3))
+
+
+@pytest.mark.parametrize("step", [(2, 1), (1, 2)], ids=["batch_sliced", "groups_apart"])
+def test_plane_groups_under_an_outer_dim(step):
+    # channels_last planes of 3 x 2 under two batch dims that do not merge (the outer one sliced): the
+    # planes group along the inner batch dim under each outer index; sliced the other way, planes are
+    # not one after another and the walk takes tiles.
+    generator = torch.Generator().manual_seed(8)
+    x = memory_ordered((8, 6, 3, 1, 2), (0, 1, 3, 4, 2), torch.float32, generator)[:: step[0], :: step[1]]
+    y, rng_state = ops.dropout(x, 0.3, torch.Generator().manual_seed(2))
+    y_contiguous, _ = ops.dropout(x.contiguous(), 0.3, torch.Generator().manual_seed(2))
+    assert_identical(y, y_contiguous)
+    grad = torch.randn(x.shape, generator=generator)
+    assert_identical(
+        ops.dropout_backward(grad, rng_state, 0.3), ops.dropout_backward(grad.contiguous(), rng_state, 0.3)
+    )
 
 
 @pytest.mark.parametrize(

@@ -238,6 +238,69 @@ void parallel_tiles_with_bits(const StridedLayout<kOperands>& layout, const Tile
   });
 }
 
+// Planes of a memory-ordered layout small enough that a tile would be a few of its elements (a
+// channels_last map of 1x2 or 4x4 pixels: a plane is one sample's C x H*W), when whole planes are
+// contiguous in every operand, one after another: the column dim right outside the innermost one,
+// rows adjacent (a pixel's channels, then the next pixel's) and the next dim out stepping a plane.
+// A group of such planes is then one run of consecutive logical indices in memory order, drawn in
+// one fill with nothing wasted. Dropout at 2^20 elements, fp32: (N, 3, 1, 2) channels_last 11.3 ms in
+// tiles of 3 x 2 (torch: 8.0 ms), 1.1 ms so; (N, 64, 2, 2) 1.36 and 0.83 ms; (N, 64, 4, 4) 0.53 and
+// 0.38 ms (contiguous: 0.23 ms).
+template <int kOperands>
+int64_t planes_per_group(const StridedLayout<kOperands>& layout, const TileShape& tile) {
+  const int last = layout.ndim - 1, column_dim = tile.column_dim;
+  const int64_t plane = layout.sizes[column_dim] * layout.sizes[last];
+  if (column_dim != last - 1 || layout.sizes[column_dim] > kTileMaxColumns || 2 * plane > kTileElements) return 0;
+  for (int k = 0; k < kOperands; ++k) {
+    if (layout.strides[k][last] != layout.sizes[column_dim]) return 0;
+    if (last >= 2 && layout.sizes[last - 2] > 1 && layout.strides[k][last - 2] != plane) return 0;
+  }
+  return std::min(last >= 2 ? layout.sizes[last - 2] : 1, kTileElements / plane);
+}
+
+// All elements, in parallel, in groups of `group` whole planes along the dim outside the column dim
+// (planes_per_group): one fill, one transpose per plane, one run per group.
+template <int kOperands, typename Run>
+void parallel_plane_groups_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, int64_t group, RngState rng,
+                                     const DropThreshold& threshold, const Run& run) {
+  const int last = layout.ndim - 1;
+  const int64_t columns = layout.sizes[last - 1], rows = layout.sizes[last], plane = columns * rows;
+  const int64_t along = last >= 2 ? layout.sizes[last - 2] : 1;  // planes along the grouped dim
+  const int64_t groups_along = (along + group - 1) / group;
+  const int64_t outer = numel / (plane * along);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / (group * plane));
+  at::parallel_for(0, outer * groups_along, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) uint16_t drawn[kTileElements + 2 * kElementsPerBlock];
+    alignas(64) uint16_t bits[kTileElements];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t first_plane = item % groups_along * group, planes = std::min(group, along - first_plane);
+      int64_t rest = item / groups_along;
+      // The first element's logical index and offsets: the grouped dim's coordinate, then the dims outside it.
+      int64_t offsets[kOperands];
+      for (int k = 0; k < kOperands; ++k) offsets[k] = last >= 2 ? first_plane * layout.strides[k][last - 2] : 0;
+      int64_t first = (rest * along + first_plane) * plane;
+      for (int d = last - 3; d >= 0; --d) {
+        const int64_t coord = rest % layout.sizes[d];
+        rest /= layout.sizes[d];
+        for (int k = 0; k < kOperands; ++k) offsets[k] += coord * layout.strides[k][d];
+      }
+      const int64_t count = planes * plane, first_block = first / kElementsPerBlock;
+      const int64_t blocks = (first + count + kElementsPerBlock - 1) / kElementsPerBlock - first_block;
+      fill_element_bits(rng.seed, rng.offset / 4, static_cast<uint64_t>(first_block), blocks, drawn);
+      uint16_t* logical = drawn + first % kElementsPerBlock;
+      resolve_ties(logical, count, static_cast<uint64_t>(first), threshold, rng);
+      for (int64_t p = 0; p < planes; ++p) {
+        const uint16_t* column_bits[kTileMaxColumns];
+        for (int64_t c = 0; c < columns; ++c) column_bits[c] = logical + p * plane + c * rows;
+        transpose_bits(column_bits, columns, rows, bits + p * plane);
+      }
+      int64_t unit[kOperands];
+      for (int k = 0; k < kOperands; ++k) unit[k] = 1;
+      run(offsets, unit, count, bits);
+    }
+  });
+}
+
 // All elements with each element's 16 contract bits, ties resolved: run(offsets, strides, count,
 // bits) for runs of operand k's elements offsets[k] + i * strides[k], i < count, in tiles where the
 // logical order is not the memory order (memory_order_tiles), else in logical order.
@@ -245,7 +308,11 @@ template <int kOperands, typename Run>
 void parallel_runs_with_bits(const StridedLayout<kOperands>& layout, int64_t numel, RngState rng,
                              const DropThreshold& threshold, const Run& run) {
   if (const auto tile = memory_order_tiles(layout)) {
-    parallel_tiles_with_bits(layout, *tile, rng, threshold, run);
+    if (const int64_t group = planes_per_group(layout, *tile)) {
+      parallel_plane_groups_with_bits(layout, numel, group, rng, threshold, run);
+    } else {
+      parallel_tiles_with_bits(layout, *tile, rng, threshold, run);
+    }
   } else {
     parallel_logical_runs_with_bits(layout, numel, rng, threshold, run);
   }
