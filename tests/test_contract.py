@@ -291,11 +291,24 @@ def memory_ordered(shape, order, dtype, generator):
         ((300, 517), (1, 0)),  # a transposed matrix
         ((70, 6, 50), (1, 2, 0)),  # a dim between the contiguous one and the innermost
         # Planes of a few elements, walked a group of whole planes at a time: 1x2 RGB maps (groups
-        # of 682), 2x2 maps of 64 channels (16 a group, the last of 5)
+        # of 682), 2x2 maps of 64 channels (16 a group, the last of 5), 1x2 maps of 300 channels,
+        # 2x5 maps of 200 channels (8x8 transposes and edges, two planes a group)
         ((4096, 3, 1, 2), (0, 2, 3, 1)),
         ((37, 64, 2, 2), (0, 2, 3, 1)),
+        ((8, 300, 1, 2), (0, 2, 3, 1)),
+        ((5, 200, 2, 5), (0, 2, 3, 1)),
     ],
-    ids=["channels_last", "wide_channels", "rgb", "transposed", "middle_dim", "tiny_maps", "small_maps"],
+    ids=[
+        "channels_last",
+        "wide_channels",
+        "rgb",
+        "transposed",
+        "middle_dim",
+        "tiny_maps",
+        "small_maps",
+        "wide_tiny_maps",
+        "wide_small_maps",
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("op", ["dropout", "alpha_dropout"])
