@@ -278,7 +278,7 @@ void parallel_plane_groups_with_bits(const StridedLayout<kOperands>& layout, int
       // The first element's logical index and offsets: the grouped dim's coordinate, then the dims outside it.
       int64_t offsets[kOperands];
       for (int k = 0; k < kOperands; ++k) offsets[k] = last >= 2 ? first_plane * layout.strides[k][last - 2] : 0;
-      int64_t first = (rest * along + first_plane) * plane;
+      const int64_t first = (rest * along + first_plane) * plane;
       for (int d = last - 3; d >= 0; --d) {
         const int64_t coord = rest % layout.sizes[d];
         rest /= layout.sizes[d];

@@ -32,15 +32,16 @@ template <typename half_t>
 using ScalePass = void (*)(const half_t* in, const half_t* residual, half_t* out, int64_t count, const float* mul,
                            const float* add);
 
-// One ISA's fused passes for one 16-bit type, from its class template Pass<AfterScale, Factors>::run,
-// indexed by Factors, then AfterScale.
+// One ISA's fused passes for one 16-bit type, from its class template Pass<AfterScale, Factors>::run: with
+// one factor, indexed by AfterScale; with factors per element, without (0) and with (1) the shift. (A table
+// is instantiated only where it is used: bf16 has only the per-element passes.)
 template <typename half_t, template <AfterScale, Factors> class Pass>
 struct PassesOf {
-  static constexpr ScalePass<half_t> table[2][3] = {
-      {Pass<AfterScale::kNothing, Factors::kOne>::run, Pass<AfterScale::kAddConstant, Factors::kOne>::run,
-       Pass<AfterScale::kAddResidual, Factors::kOne>::run},
-      {Pass<AfterScale::kNothing, Factors::kPerElement>::run, Pass<AfterScale::kAddConstant, Factors::kPerElement>::run,
-       Pass<AfterScale::kAddResidual, Factors::kPerElement>::run}};
+  static constexpr ScalePass<half_t> one[3] = {Pass<AfterScale::kNothing, Factors::kOne>::run,
+                                               Pass<AfterScale::kAddConstant, Factors::kOne>::run,
+                                               Pass<AfterScale::kAddResidual, Factors::kOne>::run};
+  static constexpr ScalePass<half_t> by_element[2] = {Pass<AfterScale::kNothing, Factors::kPerElement>::run,
+                                                      Pass<AfterScale::kAddConstant, Factors::kPerElement>::run};
 };
 
 template <typename half_t>
@@ -52,8 +53,9 @@ struct ScaleScalar {
       for (int64_t i = 0; i < count; ++i) {
         const int64_t f = kFactors == Factors::kOne ? 0 : i;
         half_t result = static_cast<half_t>(static_cast<float>(in[i]) * mul[f]);
-        if constexpr (kThen == AfterScale::kAddConstant)
+        if constexpr (kThen == AfterScale::kAddConstant) {
           result = static_cast<half_t>(static_cast<float>(result) + add[f]);
+        }
         if constexpr (kThen == AfterScale::kAddResidual) {
           result = static_cast<half_t>(static_cast<float>(result) + static_cast<float>(residual[i]));
         }
@@ -228,9 +230,10 @@ struct ScaleAvx512 {
 struct Conversions {
   void (*to_float)(const c10::Half*, float*, int64_t);
   void (*to_half)(const float*, c10::Half*, int64_t);
-  const ScalePass<c10::Half> (*scale)[3];
-  // bf16's fused passes where they beat GCC's vectorization of the element loops (AVX-512); else null.
-  const ScalePass<c10::BFloat16> (*scale_bfloat16)[3];
+  const ScalePass<c10::Half>* scale;     // PassesOf::one
+  const ScalePass<c10::Half>* scale_by;  // PassesOf::by_element
+  // bf16's per-element passes where they beat GCC's vectorization of the element loops (AVX-512); else null.
+  const ScalePass<c10::BFloat16>* scale_bfloat16_by;
   const char* isa;
 };
 
@@ -240,15 +243,17 @@ int supported(Conversions* variants) {
 #if FASTDROP_X86_SIMD
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) {
-    variants[count++] = {to_float_avx512, to_half_avx512, PassesOf<c10::Half, ScaleAvx512<c10::Half>::Pass>::table,
-                         PassesOf<c10::BFloat16, ScaleAvx512<c10::BFloat16>::Pass>::table, "avx512"};
+    using Half = PassesOf<c10::Half, ScaleAvx512<c10::Half>::Pass>;
+    using BFloat16 = PassesOf<c10::BFloat16, ScaleAvx512<c10::BFloat16>::Pass>;
+    variants[count++] = {to_float_avx512, to_half_avx512, Half::one, Half::by_element, BFloat16::by_element, "avx512"};
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
-    variants[count++] = {to_float_f16c, to_half_f16c, PassesOf<c10::Half, ScaleF16c>::table, nullptr, "f16c"};
+    using Half = PassesOf<c10::Half, ScaleF16c>;
+    variants[count++] = {to_float_f16c, to_half_f16c, Half::one, Half::by_element, nullptr, "f16c"};
   }
 #endif
-  variants[count++] = {to_float_scalar, to_half_scalar, PassesOf<c10::Half, ScaleScalar<c10::Half>::Pass>::table,
-                       nullptr, "scalar"};
+  using Half = PassesOf<c10::Half, ScaleScalar<c10::Half>::Pass>;
+  variants[count++] = {to_float_scalar, to_half_scalar, Half::one, Half::by_element, nullptr, "scalar"};
   return count;
 }
 
@@ -272,22 +277,20 @@ void float_to_half(const float* in, c10::Half* out, int64_t count) { chosen().to
 
 void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
                 float mul, float add) {
-  chosen().scale[0][static_cast<int>(then)](in, residual, out, count, &mul, &add);
+  chosen().scale[static_cast<int>(then)](in, residual, out, count, &mul, &add);
 }
 
-void scale_half_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
-                   const float* add) {
-  chosen().scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
+void scale_half_by(const c10::Half* in, c10::Half* out, int64_t count, const float* mul, const float* add) {
+  chosen().scale_by[add != nullptr](in, nullptr, out, count, mul, add);
 }
 
-bool scale_bfloat16_by(AfterScale then, const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul,
-                       const float* add) {
-  if (chosen().scale_bfloat16 == nullptr) return false;
-  chosen().scale_bfloat16[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
+bool scale_bfloat16_by(const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul, const float* add) {
+  if (chosen().scale_bfloat16_by == nullptr) return false;
+  chosen().scale_bfloat16_by[add != nullptr](in, nullptr, out, count, mul, add);
   return true;
 }
 
-bool has_one_pass_bfloat16() { return chosen().scale_bfloat16 != nullptr; }
+bool has_one_pass_bfloat16() { return chosen().scale_bfloat16_by != nullptr; }
 
 const char* half_conversion_isa() { return chosen().isa; }
 
@@ -309,24 +312,23 @@ bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, con
                       int64_t count, float mul, float add) {
   const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
-  variant->scale[0][static_cast<int>(then)](in, residual, out, count, &mul, &add);
+  variant->scale[static_cast<int>(then)](in, residual, out, count, &mul, &add);
   return true;
 }
 
-bool scale_half_by_using(const char* isa, AfterScale then, const c10::Half* in, c10::Half* out, int64_t count,
-                         const float* mul, const float* add) {
+bool scale_half_by_using(const char* isa, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
+                         const float* add) {
   const Conversions* variant = conversions().find(isa);
   if (variant == nullptr) return false;
-  variant->scale[1][static_cast<int>(then)](in, nullptr, out, count, mul, add);
+  variant->scale_by[add != nullptr](in, nullptr, out, count, mul, add);
   return true;
 }
 
-bool scale_bfloat16_using(const char* isa, bool per_element, AfterScale then, const c10::BFloat16* in,
-                          const c10::BFloat16* residual, c10::BFloat16* out, int64_t count, const float* mul,
-                          const float* add) {
+bool scale_bfloat16_by_using(const char* isa, const c10::BFloat16* in, c10::BFloat16* out, int64_t count,
+                             const float* mul, const float* add) {
   const Conversions* variant = conversions().find(isa);
-  if (variant == nullptr || variant->scale_bfloat16 == nullptr) return false;
-  variant->scale_bfloat16[per_element ? 1 : 0][static_cast<int>(then)](in, residual, out, count, mul, add);
+  if (variant == nullptr || variant->scale_bfloat16_by == nullptr) return false;
+  variant->scale_bfloat16_by[add != nullptr](in, nullptr, out, count, mul, add);
   return true;
 }
 

@@ -28,15 +28,13 @@ void float_to_half(const float* in, c10::Half* out, int64_t count);
 enum class AfterScale { kNothing, kAddConstant, kAddResidual };
 void scale_half(AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out, int64_t count,
                 float mul, float add);
-// The same with a multiplier and an addend per element (mul[i], add[i]; no residual): rows that share
-// their elements' decisions, a channels_last input's pixels.
-void scale_half_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
-                   const float* add);
+// The same with a multiplier per element, then an addend per element unless add is null (no residual):
+// rows that share their elements' decisions, a channels_last input's pixels.
+void scale_half_by(const c10::Half* in, c10::Half* out, int64_t count, const float* mul, const float* add);
 
 // scale_half_by for bf16, rounding as c10 does (to nearest even, a NaN to 0x7FC0); false, with nothing
 // written, where this CPU has no such loop (no AVX-512: the callers' element loops are as fast there).
-bool scale_bfloat16_by(AfterScale then, const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul,
-                       const float* add);
+bool scale_bfloat16_by(const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul, const float* add);
 // Whether scale_bfloat16_by runs on this CPU.
 bool has_one_pass_bfloat16();
 
@@ -49,12 +47,10 @@ bool half_to_float_using(const char* isa, const c10::Half* in, float* out, int64
 bool float_to_half_using(const char* isa, const float* in, c10::Half* out, int64_t count);
 bool scale_half_using(const char* isa, AfterScale then, const c10::Half* in, const c10::Half* residual, c10::Half* out,
                       int64_t count, float mul, float add);
-bool scale_half_by_using(const char* isa, AfterScale then, const c10::Half* in, c10::Half* out, int64_t count,
-                         const float* mul, const float* add);
-// per_element: mul and add are arrays (scale_bfloat16_by), else one value each (as scale_half takes them).
-bool scale_bfloat16_using(const char* isa, bool per_element, AfterScale then, const c10::BFloat16* in,
-                          const c10::BFloat16* residual, c10::BFloat16* out, int64_t count, const float* mul,
-                          const float* add);
+bool scale_half_by_using(const char* isa, const c10::Half* in, c10::Half* out, int64_t count, const float* mul,
+                         const float* add);
+bool scale_bfloat16_by_using(const char* isa, const c10::BFloat16* in, c10::BFloat16* out, int64_t count,
+                             const float* mul, const float* add);
 
 // bf16 -> fp32 exactly; fp32 -> bf16 rounded to nearest even, a NaN to 0x7FC0, bit for bit as c10
 // converts (AVX512-BF16's instruction flushes subnormals, so plain integer arithmetic, vectorized).

@@ -304,14 +304,13 @@ void in_row_chunks(half_t* out, const half_t* in, int64_t row_size, int64_t rows
 // 0.195 and 0.10 ms; bf16 dropout2d 0.124 and 0.105 ms at C = 64, 0.123 and 0.093 ms at C = 256, but
 // 0.127 and 0.148 ms at C = 32. (bf16 runs of one decision stay with the element loops: GCC's
 // vectorization of them was as fast, and faster with alpha dropout's second rounding.)
-void scale_by(AfterScale then, const c10::Half* in, c10::Half* out, int64_t count, const float* mul, const float* add) {
-  scale_half_by(then, in, out, count, mul, add);
+void scale_by(const c10::Half* in, c10::Half* out, int64_t count, const float* mul, const float* add) {
+  scale_half_by(in, out, count, mul, add);
 }
 
 // Called only where has_one_pass_rows found the one-pass loop, so it always runs.
-void scale_by(AfterScale then, const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul,
-              const float* add) {
-  scale_bfloat16_by(then, in, out, count, mul, add);
+void scale_by(const c10::BFloat16* in, c10::BFloat16* out, int64_t count, const float* mul, const float* add) {
+  scale_bfloat16_by(in, out, count, mul, add);
 }
 
 template <typename half_t>
@@ -332,9 +331,8 @@ void scaled_shared_rows(half_t* out, int64_t out_row_stride, const half_t* in, i
       mul[i] = kept ? factors.keep_mul : 0.0f;
       add[i] = kept ? factors.keep_add : factors.drop_add;
     }
-    const AfterScale then = affine ? AfterScale::kAddConstant : AfterScale::kNothing;
     for (int64_t r = 0; r < rows; ++r) {
-      scale_by(then, in + r * in_row_stride + column, out + r * out_row_stride + column, n, mul, add);
+      scale_by(in + r * in_row_stride + column, out + r * out_row_stride + column, n, mul, affine ? add : nullptr);
     }
   }
 }

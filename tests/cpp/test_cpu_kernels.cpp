@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "check.h"
@@ -207,95 +208,46 @@ int check_half_scaling() {
   return checks;
 }
 
-// The per-element form (scale_half_by): every fp16 value with a multiplier and an addend of its own,
-// cycling through the same awkward values, in place and out of place, odd lengths for the tails.
-int check_half_scaling_by_element() {
-  using fastdrop::cpu::AfterScale;
+// The per-element passes (scale_half_by, scale_bfloat16_by): every 16-bit value with a multiplier and an
+// addend of its own, cycling through values that overflow, land in the subnormals or are zero, with and
+// without the shift, against c10's conversions around the float arithmetic: fp16 bit for bit but for a
+// NaN's payload, bf16 bit for bit (a NaN always 0x7FC0). In place and out of place, odd lengths for the
+// tails; a variant without such a pass runs none.
+template <typename half_t>
+int check_scaling_by_element(bool (*scale_by_using)(const char*, const half_t*, half_t*, int64_t, const float*,
+                                                    const float*),
+                             float huge, float tiny) {
   int checks = 0;
   const int64_t size = 1 << 16;
-  const float muls[] = {1.0f / 0.9f, 0.0f, -1.7f, 300.0f, 1e-4f, 1.0f / 0.7f, 0.5f};
+  const float muls[] = {1.0f / 0.9f, 0.0f, -1.7f, huge, tiny, 1.0f / 0.7f, 0.5f};
   const float adds[] = {0.0f, 0.3f, -1.7580993f};
-  std::vector<c10::Half> halves(size), out(size);
+  std::vector<half_t> values(size), out(size);
   std::vector<float> mul(size), add(size);
   for (int64_t i = 0; i < size; ++i) {
-    halves[i] = c10::Half(static_cast<uint16_t>(i), c10::Half::from_bits());
+    values[i] = half_t(static_cast<uint16_t>(i), half_t::from_bits());
     mul[i] = muls[i % 7];
     add[i] = adds[i % 3];
   }
   for (const char* isa : {"scalar", "f16c", "avx512"}) {
-    for (AfterScale then : {AfterScale::kNothing, AfterScale::kAddConstant}) {
+    for (const bool shift : {false, true}) {
       for (const bool in_place : {false, true}) {
         const int64_t count = size - (in_place ? 5 : 3);
-        std::vector<c10::Half> in_copy = halves;
-        std::fill(out.begin(), out.end(), c10::Half(-7.0f));
-        c10::Half* target = in_place ? in_copy.data() : out.data();
-        const c10::Half untouched = target[count];
-        if (!fastdrop::cpu::scale_half_by_using(isa, then, in_copy.data(), target, count, mul.data(), add.data())) {
-          continue;
-        }
+        std::vector<half_t> in_copy = values;
+        std::fill(out.begin(), out.end(), half_t(-7.0f));
+        half_t* target = in_place ? in_copy.data() : out.data();
+        const half_t untouched = target[count];
+        if (!scale_by_using(isa, in_copy.data(), target, count, mul.data(), shift ? add.data() : nullptr)) continue;
         for (int64_t i = 0; i < count; ++i) {
-          c10::Half expected = static_cast<c10::Half>(static_cast<float>(halves[i]) * mul[i]);
-          if (then == AfterScale::kAddConstant)
-            expected = static_cast<c10::Half>(static_cast<float>(expected) + add[i]);
-          const bool same = std::isnan(static_cast<float>(expected))
-                                ? std::isnan(static_cast<float>(target[i])) && (target[i].x >> 15) == (expected.x >> 15)
-                                : half_bits(target[i]) == half_bits(expected);
-          EXPECT(same, "%s: fp16 0x%04x * %g (+ %g if %d) gave 0x%04x, c10 gives 0x%04x", isa, halves[i].x, mul[i],
-                 add[i], static_cast<int>(then), target[i].x, expected.x);
+          half_t expected = static_cast<half_t>(static_cast<float>(values[i]) * mul[i]);
+          if (shift) expected = static_cast<half_t>(static_cast<float>(expected) + add[i]);
+          const bool nan_of_sign = std::is_same_v<half_t, c10::Half> && std::isnan(static_cast<float>(expected)) &&
+                                   std::isnan(static_cast<float>(target[i])) &&
+                                   (target[i].x >> 15) == (expected.x >> 15);
+          EXPECT(target[i].x == expected.x || nan_of_sign, "%s: 0x%04x * %g (+ %g if %d) gave 0x%04x, c10 gives 0x%04x",
+                 isa, values[i].x, mul[i], add[i], shift, target[i].x, expected.x);
           ++checks;
         }
-        EXPECT(half_bits(target[count]) == half_bits(untouched), "%s: wrote past the end", isa);
-      }
-    }
-  }
-  return checks;
-}
-
-// bf16's fused passes (scale_bfloat16, scale_bfloat16_by): every bf16 value, one factor or one per element,
-// then nothing, a constant or a residual, bit for bit against c10's conversions (a NaN always 0x7FC0);
-// in place and out of place, odd lengths for the tails. Where a CPU has no such pass, none runs.
-int check_bfloat16_scaling() {
-  using fastdrop::cpu::AfterScale;
-  int checks = 0;
-  const int64_t size = 1 << 16;
-  const float muls[] = {1.0f / 0.9f, 0.0f, -1.7f, 3e38f, 1e-30f, 1.0f / 0.7f, 0.5f};
-  const float adds[] = {0.0f, 0.3f, -1.7580993f};
-  std::vector<c10::BFloat16> values(size), residual(size), out(size);
-  std::vector<float> mul(size), add(size);
-  for (int64_t i = 0; i < size; ++i) {
-    values[i] = c10::BFloat16(static_cast<uint16_t>(i), c10::BFloat16::from_bits());
-    residual[i] = c10::BFloat16(static_cast<uint16_t>((i * 40503) & 0xFFFF), c10::BFloat16::from_bits());
-    mul[i] = muls[i % 7];
-    add[i] = adds[i % 3];
-  }
-  for (const char* isa : {"scalar", "f16c", "avx512"}) {
-    for (const bool per_element : {false, true}) {
-      for (AfterScale then : {AfterScale::kNothing, AfterScale::kAddConstant, AfterScale::kAddResidual}) {
-        for (int aliasing = 0; aliasing < 3; ++aliasing) {  // none, out = in, out = residual
-          const int64_t count = size - 3 - aliasing;
-          std::vector<c10::BFloat16> in_copy = values, residual_copy = residual;
-          std::fill(out.begin(), out.end(), c10::BFloat16(-7.0f));
-          c10::BFloat16* target = aliasing == 1 ? in_copy.data() : aliasing == 2 ? residual_copy.data() : out.data();
-          const c10::BFloat16 untouched = target[count];
-          if (!fastdrop::cpu::scale_bfloat16_using(isa, per_element, then, in_copy.data(), residual_copy.data(), target,
-                                                   count, mul.data() + 1, add.data() + 1)) {
-            continue;
-          }
-          for (int64_t i = 0; i < count; ++i) {
-            const int64_t f = per_element ? i + 1 : 1;
-            c10::BFloat16 expected = static_cast<c10::BFloat16>(static_cast<float>(values[i]) * mul[f]);
-            if (then == AfterScale::kAddConstant) {
-              expected = static_cast<c10::BFloat16>(static_cast<float>(expected) + add[f]);
-            }
-            if (then == AfterScale::kAddResidual) {
-              expected = static_cast<c10::BFloat16>(static_cast<float>(expected) + static_cast<float>(residual[i]));
-            }
-            EXPECT(target[i].x == expected.x, "%s: bf16 0x%04x * %g, then %d, gave 0x%04x, c10 gives 0x%04x", isa,
-                   values[i].x, mul[f], static_cast<int>(then), target[i].x, expected.x);
-            ++checks;
-          }
-          EXPECT(target[count].x == untouched.x, "%s: wrote past the end", isa);
-        }
+        EXPECT(target[count].x == untouched.x, "%s: wrote past the end", isa);
       }
     }
   }
@@ -392,8 +344,8 @@ int main() {
   checks += check_listed_generator();
   checks += check_half_conversions();
   checks += check_half_scaling();
-  checks += check_half_scaling_by_element();
-  checks += check_bfloat16_scaling();
+  checks += check_scaling_by_element<c10::Half>(fastdrop::cpu::scale_half_by_using, 300.0f, 1e-4f);
+  checks += check_scaling_by_element<c10::BFloat16>(fastdrop::cpu::scale_bfloat16_by_using, 3e38f, 1e-30f);
   checks += check_dtype<float>(at::kFloat);
   checks += check_dtype<double>(at::kDouble);
   checks += check_dtype<at::Half>(at::kHalf);
